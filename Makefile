@@ -1,0 +1,88 @@
+# promptrun: everything a person runs. `make demo` and `make test` first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON313 ?= $(shell command -v python3.13 2>/dev/null || PYENV_VERSION=3.13.0 pyenv which python3 2>/dev/null)
+VENV := .venv
+PY := $(VENV)/bin/python
+SAM_VENV := .tools/sam
+SAM := $(SAM_VENV)/bin/sam
+SAM_CLI_VERSION := 1.170.0
+LOCAL := .local
+# sam build needs python3.13 on PATH: the project's venv provides it.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml requirements-dev.txt
+	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or set PYTHON313"; exit 1; }
+	test -x $(PY) || $(PYTHON313) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[providers]' -r requirements-dev.txt
+	touch $@
+
+$(SAM_VENV)/.installed:
+	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found"; exit 1; }
+	test -x $(SAM_VENV)/bin/python || $(PYTHON313) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install -q --upgrade pip
+	$(SAM_VENV)/bin/pip install -q 'aws-sam-cli==$(SAM_CLI_VERSION)'
+	touch $@
+
+.PHONY: venv sam-cli
+venv: $(VENV)/.installed ## the project's virtual environment (Python 3.13)
+sam-cli: $(SAM_VENV)/.installed ## the SAM CLI, in a virtual environment of its own
+
+.PHONY: up down
+up: venv ## start PostgreSQL and moto (server mode) for local runs
+	$(VENV)/bin/promptrun local up
+	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun db upgrade
+
+down: ## stop what `make up` started
+	@if [ -x $(VENV)/bin/promptrun ]; then $(VENV)/bin/promptrun local down; fi
+	-@pkill -f 'sam local start-' 2>/dev/null || true
+
+.PHONY: demo
+demo: up ## the whole pipeline locally: fan-out, poller + processor, status summary
+	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun catalog sync examples/catalog.yaml
+	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun demo
+
+.PHONY: engine
+engine: ## a container engine (Docker, else Podman) and the Lambda image for sam local
+	scripts/container_engine.sh > $(LOCAL)/engine.env
+
+.PHONY: validate build
+validate: sam-cli ## sam validate --lint
+	$(SAM) validate --lint
+
+build: sam-cli venv ## sam build
+	$(SAM) build --cached --parallel
+
+.PHONY: lint
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+.PHONY: test test-unit
+test-unit: venv ## unit and integration tests only (no containers): the inner loop
+	$(VENV)/bin/pytest -q -n 2 -m 'not sam' tests/unit tests/integration
+
+test: venv sam-cli ## everything: lint, sam validate/build, unit, integration and SAM container tests
+	@mkdir -p $(LOCAL)
+	$(VENV)/bin/ruff check .
+	$(SAM) validate --lint
+	$(SAM) build --cached --parallel
+	$(VENV)/bin/pytest -q -n 2 -m 'not sam' tests/unit tests/integration
+	scripts/container_engine.sh > $(LOCAL)/engine.env
+	source $(LOCAL)/engine.env && SAM=$(CURDIR)/$(SAM) $(VENV)/bin/pytest -q -m sam tests/sam
+
+.PHONY: bench
+bench: venv ## benchmarks that print figures
+	$(VENV)/bin/python -m tests.bench.run
+
+.PHONY: clean
+clean: down ## remove build output and local state
+	rm -rf .aws-sam $(LOCAL)

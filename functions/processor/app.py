@@ -1,0 +1,42 @@
+"""Processor: SQS batches of job ids; the records run concurrently; partial batch response."""
+
+import asyncio
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import (
+    AsyncBatchProcessor,
+    EventType,
+    async_process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from promptrun.aws import JobQueue
+from promptrun.db.engine import get_engine
+from promptrun.observability import logger, tracer
+from promptrun.processor import JobRunner
+from promptrun.settings import get_settings
+
+settings = get_settings().require("database", "queue")
+batch = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+def _runner() -> JobRunner:
+    return JobRunner(get_engine(settings), settings, JobQueue(settings.jobs_queue_url or ""))
+
+
+async def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> str:
+    # Model calls are I/O waits: threads let one invocation wait on all its records at once.
+    return await asyncio.to_thread(
+        _runner().handle,
+        record.body,
+        record.receipt_handle,
+        lambda_context.get_remaining_time_in_millis,
+    )
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return async_process_partial_response(
+        event=event, record_handler=record_handler, processor=batch, context=context
+    )

@@ -1,0 +1,116 @@
+"""Every AWS client lives here: SQS sending, secrets, and the clients themselves.
+
+boto3 honours AWS_ENDPOINT_URL, which is how tests and the local stack point at moto.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from promptrun.errors import ConfigError
+from promptrun.observability import logger
+
+_client_lock = threading.Lock()
+SQS_BATCH = 10
+
+
+@cache
+def client(service: str) -> Any:
+    # boto3's default session is not thread-safe to create clients from; guard it once.
+    with _client_lock:
+        return boto3.client(service, config=Config(retries={"mode": "standard", "max_attempts": 4}))
+
+
+def get_secret_json(arn: str, max_age: int) -> dict[str, Any]:
+    """A JSON secret, cached by Powertools for max_age seconds."""
+    from aws_lambda_powertools.utilities import parameters
+
+    try:
+        value = parameters.get_secret(arn, transform="json", max_age=max_age)
+    except parameters.exceptions.TransformParameterError:
+        raise ConfigError(f"secret {arn} is not a JSON object") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"secret {arn} is not a JSON object")
+    return value
+
+
+def get_secret_string(arn: str, max_age: int) -> str:
+    from aws_lambda_powertools.utilities import parameters
+
+    value = parameters.get_secret(arn, max_age=max_age)
+    if isinstance(value, bytes):
+        value = value.decode()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    sent: list[str]
+    failed: dict[str, str]
+
+
+class JobQueue:
+    """The one SQS sender: job ids in, SendMessageBatch of 10, failed entries retried."""
+
+    def __init__(self, queue_url: str, sqs: Any | None = None, max_tries: int = 4) -> None:
+        self.queue_url = queue_url
+        self.sqs = sqs or client("sqs")
+        self.max_tries = max_tries
+
+    def send_jobs(self, job_ids: Iterable[str]) -> SendResult:
+        sent: list[str] = []
+        failed: dict[str, str] = {}
+        ids = list(job_ids)
+        for start in range(0, len(ids), SQS_BATCH):
+            chunk_sent, chunk_failed = self._send_chunk(ids[start : start + SQS_BATCH])
+            sent.extend(chunk_sent)
+            failed.update(chunk_failed)
+        return SendResult(sent=sent, failed=failed)
+
+    def _send_chunk(self, ids: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        pending = {str(i): job_id for i, job_id in enumerate(ids)}
+        sent: list[str] = []
+        errors: dict[str, str] = {}
+        for attempt in range(self.max_tries):
+            if not pending:
+                break
+            if attempt:
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+            entries = [
+                {"Id": entry_id, "MessageBody": json.dumps({"job_id": job_id})}
+                for entry_id, job_id in pending.items()
+            ]
+            try:
+                resp = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            except Exception as exc:  # the whole call failed: every entry is retried
+                logger.warning("SendMessageBatch failed", extra={"error": type(exc).__name__})
+                errors = {job_id: type(exc).__name__ for job_id in pending.values()}
+                continue
+            for ok in resp.get("Successful", []):
+                sent.append(pending.pop(ok["Id"]))
+            errors = {}
+            for bad in resp.get("Failed", []):
+                job_id = pending[bad["Id"]]
+                errors[job_id] = bad.get("Code", "unknown")
+                if bad.get("SenderFault"):  # not worth retrying
+                    pending.pop(bad["Id"])
+        failed = {job_id: errors.get(job_id, "unknown") for job_id in pending.values()}
+        failed.update({k: v for k, v in errors.items() if k not in sent})
+        return sent, failed
+
+    def delay_message(self, receipt_handle: str, seconds: int) -> None:
+        """Make a received message visible again after `seconds` (SQS allows up to 12 h)."""
+        self.sqs.change_message_visibility(
+            QueueUrl=self.queue_url,
+            ReceiptHandle=receipt_handle,
+            VisibilityTimeout=max(0, min(int(seconds), 43200)),
+        )

@@ -1,0 +1,291 @@
+"""`promptrun`: the operator's command line.
+
+promptrun db upgrade
+promptrun catalog check FILE | sync FILE
+promptrun run [--batch-key K] [--prompt SLUG ...] [--model SLUG ...]
+promptrun poll [--until-done BATCH ...] [--lambda-endpoint URL]
+promptrun summary BATCH            promptrun watch BATCH
+promptrun local up | down          promptrun demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from promptrun.errors import PromptrunError
+
+LOCAL_ROOT = Path(os.environ.get("PROMPTRUN_LOCAL_DIR", ".local"))
+
+
+def _engine() -> Any:
+    from promptrun.db.engine import get_engine
+    from promptrun.settings import get_settings
+
+    return get_engine(get_settings().require("database"), pool_size=2)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from promptrun.db import migrate
+
+    engine = _engine()
+    before = migrate.current(engine)
+    migrate.upgrade(engine)
+    after = migrate.current(engine)
+    print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from promptrun.catalog import load_catalog_file, sync_catalog
+
+    catalog = load_catalog_file(Path(args.file))
+    if args.action == "check":
+        print(f"{args.file}: {len(catalog.models)} models, {len(catalog.prompts)} prompts, valid")
+        return 0
+    for line in sync_catalog(_engine(), catalog).lines():
+        print(line)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from promptrun.local.lambda_runtime import invoke
+
+    if args.batch_key:
+        event: dict[str, Any] = {"batch_key": args.batch_key}
+        if args.prompt:
+            event["prompts"] = args.prompt
+        if args.model:
+            event["models"] = args.model
+    else:
+        event = scheduled_event(datetime.now(UTC))
+    print(json.dumps(invoke("fanout", event), indent=2))
+    return 0
+
+
+def scheduled_event(at: datetime) -> dict[str, Any]:
+    event = json.loads(
+        (Path(__file__).resolve().parents[2] / "events" / "scheduled_event.json").read_text()
+    )
+    event["time"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return event
+
+
+def _batch_finished(batch_keys: list[str]) -> bool:
+    from sqlalchemy import text
+
+    with _engine().connect() as conn:
+        left = conn.execute(
+            text(
+                "SELECT count(*) FROM prompt_jobs WHERE batch_key = ANY(:k) AND status IN ('queued', 'processing')"
+            ),
+            {"k": batch_keys},
+        ).scalar_one()
+    return left == 0
+
+
+def _progress(stats: Any) -> None:
+    print(
+        f"\rpoller: {stats.batches} batches, {stats.acknowledged} done, {stats.failed} to retry",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from promptrun.aws import client
+    from promptrun.local.lambda_runtime import invoke
+    from promptrun.local.poller import LocalPoller, lambda_invoker
+    from promptrun.settings import get_settings
+
+    settings = get_settings().require("queue")
+    if args.lambda_endpoint:
+        import boto3
+        from botocore.config import Config
+
+        lam = boto3.client(
+            "lambda",
+            endpoint_url=args.lambda_endpoint,
+            config=Config(read_timeout=900, retries={"max_attempts": 0}),
+        )
+        invoker = lambda_invoker(lam, args.function)
+    else:
+
+        def invoker(event: dict[str, Any]) -> dict[str, Any]:
+            return dict(invoke("processor", event, timeout_seconds=60))
+
+    poller = LocalPoller(client("sqs"), settings.jobs_queue_url or "", invoker, wait_seconds=1)
+    if args.until_done:
+        poller.run_until(
+            lambda: _batch_finished(args.until_done), timeout=args.timeout, on_progress=_progress
+        )
+        print(file=sys.stderr)
+    else:
+        while True:
+            poller.poll_once()
+            _progress(poller.stats)
+    return 0
+
+
+def batch_summary(batch_key: str) -> dict[str, Any]:
+    """The summary, from the status API handler (the same JSON a client gets)."""
+    from promptrun.local.lambda_runtime import invoke
+    from promptrun.settings import get_settings
+
+    token = get_settings().api_token or ""
+    event = api_event(
+        f"/batches/{batch_key}",
+        token,
+        path_params={"batch_key": batch_key},
+        resource="/batches/{batch_key}",
+    )
+    resp = invoke("status", event)
+    if resp["statusCode"] != 200:
+        raise PromptrunError(f"status API answered {resp['statusCode']}: {resp['body']}")
+    return dict(json.loads(resp["body"]))
+
+
+def api_event(
+    path: str,
+    token: str,
+    query: dict[str, str] | None = None,
+    path_params: dict[str, str] | None = None,
+    resource: str | None = None,
+) -> dict[str, Any]:
+    event = json.loads(
+        (Path(__file__).resolve().parents[2] / "events" / "apigw_get_batch.json").read_text()
+    )
+    event.update(
+        path=path,
+        resource=resource or path,
+        httpMethod="GET",
+        queryStringParameters=query or None,
+        multiValueQueryStringParameters={k: [v] for k, v in (query or {}).items()} or None,
+        pathParameters=path_params or None,
+    )
+    event["headers"] = {"Authorization": f"Bearer {token}"}
+    event["multiValueHeaders"] = {"Authorization": [f"Bearer {token}"]}
+    event["requestContext"]["path"] = path
+    event["requestContext"]["resourcePath"] = resource or path
+    return event
+
+
+def render_summary(s: dict[str, Any]) -> str:
+    from promptrun.summary_table import render
+
+    return render(s)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    print(render_summary(batch_summary(args.batch_key)))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.timeout
+    while True:
+        s = batch_summary(args.batch_key)
+        print(render_summary(s))
+        if _batch_finished([args.batch_key]) or time.monotonic() > deadline:
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from promptrun.local import stack
+
+    if args.action == "up":
+        env = stack.up(LOCAL_ROOT)
+        print(
+            f"local stack up: PostgreSQL :{stack.PG_PORT}, moto {env['AWS_ENDPOINT_URL']}; source {LOCAL_ROOT}/env.sh"
+        )
+    else:
+        stack.down(LOCAL_ROOT)
+        print("local stack down")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Fan out the scheduled event for now, process every job, print the batch summaries."""
+    from promptrun.local.lambda_runtime import invoke
+
+    event = scheduled_event(datetime.now(UTC))
+    print(f"fan-out for {event['time']} ...")
+    result = invoke("fanout", event)
+    print(
+        f"  {result['created']} jobs created, {result['existing']} already there, {result['sent']} sent"
+    )
+    keys = sorted(result["batches"])
+    args.until_done = keys
+    args.lambda_endpoint = args.lambda_endpoint or None
+    cmd_poll(args)
+    for key in keys:
+        print()
+        print(render_summary(batch_summary(key)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptrun", description="Run LLM prompts on a schedule.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+    db.set_defaults(func=cmd_db_upgrade)
+    cat = sub.add_parser("catalog", help="validate or sync a catalogue file")
+    cat.add_argument("action", choices=["check", "sync"])
+    cat.add_argument("file")
+    cat.set_defaults(func=cmd_catalog)
+    run = sub.add_parser("run", help="fan out a batch now (the fan-out handler, in this process)")
+    run.add_argument("--batch-key")
+    run.add_argument("--prompt", action="append")
+    run.add_argument("--model", action="append")
+    run.set_defaults(func=cmd_run)
+    for name, func, helptext in (
+        ("poll", cmd_poll, "the local SQS -> processor poller"),
+        ("demo", cmd_demo, "fan out now, process, summarise"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--until-done", nargs="*", metavar="BATCH")
+        p.add_argument(
+            "--lambda-endpoint",
+            help="invoke the processor through this Lambda API (sam local start-lambda)",
+        )
+        p.add_argument("--function", default="ProcessorFunction")
+        p.add_argument("--timeout", type=float, default=600)
+        p.set_defaults(func=func)
+    summ = sub.add_parser("summary", help="a batch's summary, from the status API")
+    summ.add_argument("batch_key")
+    summ.set_defaults(func=cmd_summary)
+    watch = sub.add_parser(
+        "watch", help="the summary every few seconds until the batch is finished"
+    )
+    watch.add_argument("batch_key")
+    watch.add_argument("--interval", type=float, default=3)
+    watch.add_argument("--timeout", type=float, default=3600)
+    watch.set_defaults(func=cmd_watch)
+    local = sub.add_parser("local", help="start or stop the local PostgreSQL and moto")
+    local.add_argument("action", choices=["up", "down"])
+    local.set_defaults(func=cmd_local)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PromptrunError as exc:
+        print(f"promptrun: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The schema, as SQLAlchemy 2 typed models. Alembic migrations create it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+class Schedule(StrEnum):
+    HOURLY = "hourly"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    __table_args__ = (
+        CheckConstraint("schedule IN ('hourly', 'daily', 'weekly')", name="schedule"),
+        CheckConstraint("runs_per_batch BETWEEN 1 AND 100", name="runs_per_batch"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True, nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    system_text: Mapped[str | None] = mapped_column(Text)
+    schedule: Mapped[str] = mapped_column(String(16), nullable=False)
+    runs_per_batch: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    # None means every enabled model; otherwise a list of model slugs.
+    model_slugs: Mapped[list[str] | None] = mapped_column(JSONB)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class Model(Base):
+    __tablename__ = "models"
+    __table_args__ = (CheckConstraint("max_concurrency >= 1", name="max_concurrency"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True, nullable=False)
+    provider: Mapped[str] = mapped_column(String(32), nullable=False)
+    provider_model: Mapped[str] = mapped_column(String(300), nullable=False)
+    base_url: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    price_input_per_mtok: Mapped[Decimal] = mapped_column(Numeric(12, 6), nullable=False, default=0)
+    price_output_per_mtok: Mapped[Decimal] = mapped_column(
+        Numeric(12, 6), nullable=False, default=0
+    )
+    max_concurrency: Mapped[int] = mapped_column(Integer, nullable=False, default=4)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class PromptJob(Base):
+    __tablename__ = "prompt_jobs"
+    __table_args__ = (
+        UniqueConstraint(
+            "prompt_id", "model_id", "run_index", "batch_key", name="uq_prompt_jobs_run"
+        ),
+        CheckConstraint(
+            "status IN ('queued', 'processing', 'succeeded', 'failed', 'cancelled', 'skipped')",
+            name="status",
+        ),
+        Index("ix_prompt_jobs_status", "status"),
+        Index("ix_prompt_jobs_scheduled_for", "scheduled_for"),
+        Index("ix_prompt_jobs_prompt_id", "prompt_id"),
+        Index("ix_prompt_jobs_batch_key_status", "batch_key", "status"),
+        Index("ix_prompt_jobs_created_at_id", "created_at", "id"),
+        # The fan-out's repair pass looks for rows that were never sent.
+        Index(
+            "ix_prompt_jobs_unsent",
+            "created_at",
+            postgresql_where="status = 'queued' AND enqueued_at IS NULL",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    prompt_id: Mapped[int] = mapped_column(
+        ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False
+    )
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), nullable=False
+    )
+    run_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    batch_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    prompt_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=JobStatus.QUEUED)
+    attempt_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=5)
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    scheduled_for: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 8))
+
+
+class Response(Base):
+    __tablename__ = "responses"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("prompt_jobs.id", ondelete="CASCADE"), unique=True, nullable=False
+    )
+    answer_text: Mapped[str] = mapped_column(Text, nullable=False)
+    structured: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    provider_response_id: Mapped[str | None] = mapped_column(String(300))
+    finish_reason: Mapped[str | None] = mapped_column(String(64))
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _now()
+
+
+class EntityMention(Base):
+    __tablename__ = "entity_mentions"
+    __table_args__ = (
+        UniqueConstraint("job_id", "name", name="uq_entity_mentions_job_name"),
+        Index("ix_entity_mentions_batch_key_name", "batch_key", "name"),
+        Index("ix_entity_mentions_prompt_id", "prompt_id"),
+        Index("ix_entity_mentions_model_id", "model_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("prompt_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    prompt_id: Mapped[int] = mapped_column(
+        ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False
+    )
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), nullable=False
+    )
+    batch_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    name: Mapped[str] = mapped_column(String(300), nullable=False)
+    display_name: Mapped[str] = mapped_column(String(300), nullable=False)
+    entity_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    rank: Mapped[int] = mapped_column(Integer, nullable=False)
+    sentiment: Mapped[str | None] = mapped_column(String(16))
+    snippet: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()

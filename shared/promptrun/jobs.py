@@ -1,0 +1,219 @@
+"""The job state machine. Every transition is one conditional statement on the job row,
+so duplicate deliveries and late workers can never run a job twice or overwrite a newer attempt.
+
+    queued -> processing -> succeeded | failed | queued (retry)
+    processing (lease expired) -> processing (rescued by a new claim)
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from promptrun.db.models import JobStatus
+
+MAX_ERROR_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs to run one attempt of a job."""
+
+    id: uuid.UUID
+    attempt: int
+    max_attempts: int
+    run_index: int
+    batch_key: str
+    prompt_id: int
+    prompt_slug: str
+    prompt_text: str
+    system_text: str | None
+    model_id: int
+    model_slug: str
+    provider: str
+    provider_model: str
+    base_url: str | None
+    params: dict[str, Any]
+    price_input_per_mtok: Decimal
+    price_output_per_mtok: Decimal
+    max_concurrency: int
+    model_enabled: bool
+
+
+@dataclass(frozen=True)
+class JobState:
+    status: str
+    next_attempt_at: datetime | None
+    lease_expires_at: datetime | None
+    seconds_until_due: float
+
+
+_CLAIM = text(
+    """
+    WITH claimed AS (
+        UPDATE prompt_jobs SET
+            status = 'processing',
+            attempt_count = attempt_count + 1,
+            lease_expires_at = now() + make_interval(secs => :lease),
+            started_at = COALESCE(started_at, now()),
+            next_attempt_at = NULL,
+            updated_at = now()
+        WHERE id = :id
+          AND ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+               OR (status = 'processing' AND lease_expires_at < now()))
+        RETURNING id, attempt_count, max_attempts, run_index, batch_key, prompt_id, model_id
+    )
+    SELECT c.id, c.attempt_count, c.max_attempts, c.run_index, c.batch_key,
+           p.id AS prompt_id, p.slug AS prompt_slug, p.text AS prompt_text, p.system_text,
+           m.id AS model_id, m.slug AS model_slug, m.provider, m.provider_model, m.base_url,
+           m.params, m.price_input_per_mtok, m.price_output_per_mtok, m.max_concurrency,
+           m.enabled AS model_enabled
+    FROM claimed c JOIN prompts p ON p.id = c.prompt_id JOIN models m ON m.id = c.model_id
+    """
+)
+
+
+def claim_job(conn: Connection, job_id: uuid.UUID, lease_seconds: int) -> ClaimedJob | None:
+    """Atomically take a job that is queued and due, or whose lease has expired.
+    None: duplicate delivery, not yet due, finished, cancelled or taken by a live worker."""
+    row = conn.execute(_CLAIM, {"id": job_id, "lease": lease_seconds}).mappings().first()
+    if row is None:
+        return None
+    return ClaimedJob(
+        id=row["id"],
+        attempt=row["attempt_count"],
+        max_attempts=row["max_attempts"],
+        run_index=row["run_index"],
+        batch_key=row["batch_key"],
+        prompt_id=row["prompt_id"],
+        prompt_slug=row["prompt_slug"],
+        prompt_text=row["prompt_text"],
+        system_text=row["system_text"],
+        model_id=row["model_id"],
+        model_slug=row["model_slug"],
+        provider=row["provider"],
+        provider_model=row["provider_model"],
+        base_url=row["base_url"],
+        params=dict(row["params"] or {}),
+        price_input_per_mtok=Decimal(row["price_input_per_mtok"]),
+        price_output_per_mtok=Decimal(row["price_output_per_mtok"]),
+        max_concurrency=row["max_concurrency"],
+        model_enabled=row["model_enabled"],
+    )
+
+
+def job_state(conn: Connection, job_id: uuid.UUID) -> JobState | None:
+    row = conn.execute(
+        text(
+            "SELECT status, next_attempt_at, lease_expires_at, "
+            "GREATEST(0, EXTRACT(EPOCH FROM (next_attempt_at - now()))) AS wait "
+            "FROM prompt_jobs WHERE id = :id"
+        ),
+        {"id": job_id},
+    ).first()
+    if row is None:
+        return None
+    return JobState(row[0], row[1], row[2], float(row[3] or 0))
+
+
+_GUARD = "WHERE id = :id AND status = 'processing' AND attempt_count = :attempt"
+
+
+def complete_job(
+    conn: Connection,
+    job: ClaimedJob,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: Decimal,
+) -> bool:
+    """Mark succeeded, guarded by the claimed attempt. False: a newer attempt owns the row,
+    and the caller must roll back what it wrote."""
+    result = conn.execute(
+        text(
+            "UPDATE prompt_jobs SET status = 'succeeded', finished_at = now(), updated_at = now(), "
+            "lease_expires_at = NULL, error_kind = NULL, error_message = NULL, "
+            "duration_ms = (EXTRACT(EPOCH FROM (now() - started_at)) * 1000)::int, "
+            "input_tokens = :inp, output_tokens = :out, cost_usd = :cost " + _GUARD
+        ),
+        {
+            "id": job.id,
+            "attempt": job.attempt,
+            "inp": input_tokens,
+            "out": output_tokens,
+            "cost": cost_usd,
+        },
+    )
+    return result.rowcount == 1
+
+
+def retry_job(
+    conn: Connection,
+    job: ClaimedJob,
+    *,
+    delay_seconds: float,
+    error_kind: str,
+    error_message: str,
+    count_attempt: bool = True,
+) -> bool:
+    """Back to queued, due after the delay. count_attempt=False gives the attempt back
+    (the job never reached the model, e.g. no concurrency slot)."""
+    result = conn.execute(
+        text(
+            "UPDATE prompt_jobs SET status = 'queued', updated_at = now(), lease_expires_at = NULL, "
+            "next_attempt_at = now() + make_interval(secs => :delay), enqueued_at = now(), "
+            "attempt_count = attempt_count - :give_back, "
+            "error_kind = :kind, error_message = :msg " + _GUARD
+        ),
+        {
+            "id": job.id,
+            "attempt": job.attempt,
+            "delay": float(delay_seconds),
+            "give_back": 0 if count_attempt else 1,
+            "kind": error_kind,
+            "msg": error_message[:MAX_ERROR_MESSAGE],
+        },
+    )
+    return result.rowcount == 1
+
+
+def fail_job(conn: Connection, job: ClaimedJob, *, error_kind: str, error_message: str) -> bool:
+    result = conn.execute(
+        text(
+            "UPDATE prompt_jobs SET status = 'failed', finished_at = now(), updated_at = now(), "
+            "lease_expires_at = NULL, error_kind = :kind, error_message = :msg, "
+            "duration_ms = (EXTRACT(EPOCH FROM (now() - started_at)) * 1000)::int " + _GUARD
+        ),
+        {
+            "id": job.id,
+            "attempt": job.attempt,
+            "kind": error_kind,
+            "msg": error_message[:MAX_ERROR_MESSAGE],
+        },
+    )
+    return result.rowcount == 1
+
+
+def backoff_seconds(
+    attempt: int, base: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    return (rng or random).uniform(0, ceiling)
+
+
+def retry_delay(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
+    """The provider's Retry-After wins when it asks for longer than the jittered backoff."""
+    delay = backoff_seconds(attempt, base, cap)
+    if retry_after is not None:
+        delay = max(delay, min(float(retry_after), 43200.0))
+    return delay
+
+
+TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED}

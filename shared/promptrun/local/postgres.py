@@ -1,0 +1,169 @@
+"""A real PostgreSQL server in a folder of the project's own (initdb/pg_ctl).
+
+PostgreSQL refuses to run as root; as root the server runs as the `postgres` account,
+which then owns the data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SEARCH_DIRS = [
+    "/usr/lib/postgresql/17/bin",
+    "/usr/lib/postgresql/16/bin",
+    "/usr/lib/postgresql/15/bin",
+]
+
+
+@dataclass(frozen=True)
+class LocalPostgres:
+    root: Path
+    port: int
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def password_file(self) -> Path:
+        return self.root / "password"
+
+    def url(self, database: str = "promptrun", host: str = "127.0.0.1") -> str:
+        password = self.password_file.read_text().strip()
+        return f"postgresql+pg8000://promptrun:{password}@{host}:{self.port}/{database}"
+
+
+def _bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in SEARCH_DIRS:
+        candidate = Path(d) / name
+        if candidate.exists():
+            return str(candidate)
+    raise RuntimeError(
+        f"PostgreSQL's {name} was not found: install the server (Debian: apt-get install postgresql)"
+    )
+
+
+def _as_server_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_as_server_user(cmd), check=True, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _log(msg: str) -> None:
+    print(f"postgres: {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_running(root: Path, port: int = 54329) -> LocalPostgres:
+    """Initialise (once) and start (if stopped) a server on `port`, listening on all addresses
+    so that Lambda containers can reach it; access needs the generated password."""
+    pg = LocalPostgres(root=root.resolve(), port=port)
+    pg.root.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(pg.root, "postgres", "postgres")
+    if not (pg.data_dir / "PG_VERSION").exists():
+        _log(f"initdb into {pg.data_dir}")
+        password = secrets.token_hex(16)
+        pw_tmp = pg.root / "pwfile"
+        pw_tmp.write_text(password + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(pw_tmp, "postgres", "postgres")
+        _run(
+            [
+                _bin("initdb"),
+                "-D",
+                str(pg.data_dir),
+                "-U",
+                "promptrun",
+                "--pwfile",
+                str(pw_tmp),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ]
+        )
+        pw_tmp.unlink()
+        pg.password_file.write_text(password + "\n")
+        pg.password_file.chmod(0o600)
+        with (pg.data_dir / "pg_hba.conf").open("a") as hba:
+            hba.write("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
+        # Tuned for tests: durability is not the point of a throwaway local server.
+        with (pg.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(
+                "listen_addresses = '*'\n"
+                f"port = {port}\n"
+                f"unix_socket_directories = '{pg.root}'\n"
+                "max_connections = 300\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            )
+    if not _port_open(port):
+        _log(f"starting on port {port}")
+        _run(
+            [
+                _bin("pg_ctl"),
+                "-D",
+                str(pg.data_dir),
+                "-l",
+                str(pg.root / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
+        deadline = time.monotonic() + 30
+        while not _port_open(port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"PostgreSQL did not listen on {port}; see {pg.root / 'server.log'}"
+                )
+            time.sleep(0.2)
+    _ensure_database(pg, "promptrun")
+    return pg
+
+
+def _ensure_database(pg: LocalPostgres, name: str) -> None:
+    psql = [
+        _bin("psql"),
+        "-h",
+        str(pg.root),
+        "-p",
+        str(pg.port),
+        "-U",
+        "promptrun",
+        "-d",
+        "postgres",
+        "-tAc",
+    ]
+    exists = _run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"]).stdout.strip()
+    if not exists:
+        _run([*psql, f'CREATE DATABASE "{name}"'])
+
+
+def stop(root: Path) -> None:
+    data = root.resolve() / "data"
+    if (data / "postmaster.pid").exists():
+        _log("stopping")
+        _run([_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])

@@ -36,6 +36,9 @@ class ModelEntry(BaseModel):
     price_per_mtok: Prices = Field(default_factory=Prices)
     max_concurrency: int = Field(default=4, ge=1, le=1000)
     enabled: bool = True
+    # The model that extracts entities from this model's answers (default: the catalogue's
+    # extraction_model, else this model itself).
+    extraction_model: str | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -58,6 +61,7 @@ class PromptEntry(BaseModel):
 
 class CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    extraction_model: str | None = None
     models: list[ModelEntry] = Field(default_factory=list)
     prompts: list[PromptEntry] = Field(default_factory=list)
 
@@ -115,7 +119,10 @@ def load_catalog(text: str, source: str = "catalogue") -> CatalogFile:
 
 def _check_references(catalog: CatalogFile, source: str) -> None:
     problems = []
-    slug_lists = {"models": [m.slug for m in catalog.models], "prompts": [p.slug for p in catalog.prompts]}
+    slug_lists = {
+        "models": [m.slug for m in catalog.models],
+        "prompts": [p.slug for p in catalog.prompts],
+    }
     for kind, slugs in slug_lists.items():
         seen: set[str] = set()
         for i, slug in enumerate(slugs):
@@ -123,6 +130,13 @@ def _check_references(catalog: CatalogFile, source: str) -> None:
                 problems.append(f"{kind}[{i}] ({slug}).slug: duplicate slug")
             seen.add(slug)
     model_slugs = {m.slug for m in catalog.models}
+    if catalog.extraction_model and catalog.extraction_model not in model_slugs:
+        problems.append(f"extraction_model: unknown model slug {catalog.extraction_model!r}")
+    for i, model in enumerate(catalog.models):
+        if model.extraction_model and model.extraction_model not in model_slugs:
+            problems.append(
+                f"models[{i}] ({model.slug}).extraction_model: unknown model slug {model.extraction_model!r}"
+            )
     for i, prompt in enumerate(catalog.prompts):
         if isinstance(prompt.models, list):
             if not prompt.models:
@@ -196,6 +210,18 @@ def sync_catalog(engine: Engine, catalog: CatalogFile) -> SyncReport:
                 f"model {entry.slug}",
                 report,
             )
+        session.flush()
+        ids = {m.slug: m.id for m in session.scalars(select(Model))}
+        for entry in catalog.models:
+            extractor = entry.extraction_model or catalog.extraction_model
+            wanted = ids[extractor] if extractor and extractor != entry.slug else None
+            row = session.scalars(select(Model).where(Model.slug == entry.slug)).one()
+            if row.extraction_model_id != wanted:
+                row.extraction_model_id = wanted
+                label = f"model {entry.slug}"
+                if label not in report.created:
+                    report.unchanged = [u for u in report.unchanged if u != label]
+                    report.updated.append(f"{label} (extraction_model)")
         prompts = {p.slug: p for p in session.scalars(select(Prompt).with_for_update())}
         for p in catalog.prompts:
             values = {

@@ -22,6 +22,19 @@ MAX_ERROR_MESSAGE = 2000
 
 
 @dataclass(frozen=True)
+class ModelRef:
+    """A catalogue model as a call needs it."""
+
+    slug: str
+    provider: str
+    provider_model: str
+    base_url: str | None
+    params: dict[str, Any]
+    price_input_per_mtok: Decimal
+    price_output_per_mtok: Decimal
+
+
+@dataclass(frozen=True)
 class ClaimedJob:
     """What a worker needs to run one attempt of a job."""
 
@@ -35,15 +48,13 @@ class ClaimedJob:
     prompt_text: str
     system_text: str | None
     model_id: int
-    model_slug: str
-    provider: str
-    provider_model: str
-    base_url: str | None
-    params: dict[str, Any]
-    price_input_per_mtok: Decimal
-    price_output_per_mtok: Decimal
-    max_concurrency: int
+    model: ModelRef
     model_enabled: bool
+    extraction_model: ModelRef  # the job's model unless the catalogue names another
+
+    @property
+    def model_slug(self) -> str:
+        return self.model.slug
 
 
 @dataclass(frozen=True)
@@ -71,20 +82,62 @@ _CLAIM = text(
     )
     SELECT c.id, c.attempt_count, c.max_attempts, c.run_index, c.batch_key,
            p.id AS prompt_id, p.slug AS prompt_slug, p.text AS prompt_text, p.system_text,
-           m.id AS model_id, m.slug AS model_slug, m.provider, m.provider_model, m.base_url,
-           m.params, m.price_input_per_mtok, m.price_output_per_mtok, m.max_concurrency,
-           m.enabled AS model_enabled
+           m.id AS model_id, m.enabled AS model_enabled,
+           m.slug, m.provider, m.provider_model, m.base_url, m.params,
+           m.price_input_per_mtok, m.price_output_per_mtok,
+           e.slug AS e_slug, e.provider AS e_provider, e.provider_model AS e_provider_model,
+           e.base_url AS e_base_url, e.params AS e_params,
+           e.price_input_per_mtok AS e_price_input_per_mtok,
+           e.price_output_per_mtok AS e_price_output_per_mtok
     FROM claimed c JOIN prompts p ON p.id = c.prompt_id JOIN models m ON m.id = c.model_id
+    LEFT JOIN models e ON e.id = m.extraction_model_id
     """
 )
 
 
-def claim_job(conn: Connection, job_id: uuid.UUID, lease_seconds: int) -> ClaimedJob | None:
+class NoSlot(Exception):
+    """The model's max_concurrency is reached: the job stays queued, no attempt used."""
+
+    def __init__(self, model_slug: str, limit: int) -> None:
+        super().__init__(f"model {model_slug} is at its max_concurrency ({limit})")
+        self.model_slug = model_slug
+        self.limit = limit
+
+
+_CLAIMABLE = text(
+    """
+    SELECT j.model_id, m.slug, m.max_concurrency FROM prompt_jobs j JOIN models m ON m.id = j.model_id
+    WHERE j.id = :id
+      AND ((j.status = 'queued' AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= now()))
+           OR (j.status = 'processing' AND j.lease_expires_at < now()))
+    """
+)
+# Claims for one model take turns on this lock, so counting and claiming is one step.
+_SLOT_LOCK = text("SELECT pg_advisory_xact_lock(7221, CAST(:model_id AS integer))")
+_IN_FLIGHT = text(
+    "SELECT count(*) FROM prompt_jobs WHERE model_id = :model_id "
+    "AND status = 'processing' AND lease_expires_at >= now()"
+)
+
+
+def claim_job(
+    conn: Connection, job_id: uuid.UUID, lease_seconds: int, *, limit_concurrency: bool = True
+) -> ClaimedJob | None:
     """Atomically take a job that is queued and due, or whose lease has expired.
-    None: duplicate delivery, not yet due, finished, cancelled or taken by a live worker."""
+    None: duplicate delivery, not yet due, finished, cancelled or taken by a live worker.
+    Raises NoSlot when the model already has max_concurrency live jobs (across all processors)."""
+    if limit_concurrency:
+        target = conn.execute(_CLAIMABLE, {"id": job_id}).first()
+        if target is None:
+            return None
+        model_id, model_slug, limit = target
+        conn.execute(_SLOT_LOCK, {"model_id": model_id})
+        if conn.execute(_IN_FLIGHT, {"model_id": model_id}).scalar_one() >= limit:
+            raise NoSlot(model_slug, limit)
     row = conn.execute(_CLAIM, {"id": job_id, "lease": lease_seconds}).mappings().first()
     if row is None:
         return None
+    model = _model_ref(row, "")
     return ClaimedJob(
         id=row["id"],
         attempt=row["attempt_count"],
@@ -96,15 +149,21 @@ def claim_job(conn: Connection, job_id: uuid.UUID, lease_seconds: int) -> Claime
         prompt_text=row["prompt_text"],
         system_text=row["system_text"],
         model_id=row["model_id"],
-        model_slug=row["model_slug"],
-        provider=row["provider"],
-        provider_model=row["provider_model"],
-        base_url=row["base_url"],
-        params=dict(row["params"] or {}),
-        price_input_per_mtok=Decimal(row["price_input_per_mtok"]),
-        price_output_per_mtok=Decimal(row["price_output_per_mtok"]),
-        max_concurrency=row["max_concurrency"],
+        model=model,
         model_enabled=row["model_enabled"],
+        extraction_model=_model_ref(row, "e_") if row["e_slug"] else model,
+    )
+
+
+def _model_ref(row: Any, prefix: str) -> ModelRef:
+    return ModelRef(
+        slug=row[prefix + "slug"],
+        provider=row[prefix + "provider"],
+        provider_model=row[prefix + "provider_model"],
+        base_url=row[prefix + "base_url"],
+        params=dict(row[prefix + "params"] or {}),
+        price_input_per_mtok=Decimal(row[prefix + "price_input_per_mtok"]),
+        price_output_per_mtok=Decimal(row[prefix + "price_output_per_mtok"]),
     )
 
 

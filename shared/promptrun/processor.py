@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from promptrun.aws import JobQueue
 from promptrun.db.models import EntityMention, Response
 from promptrun.errors import InputError
 from promptrun.extraction import ExtractionResult, normalize_entities
-from promptrun.jobs import ClaimedJob
+from promptrun.jobs import ClaimedJob, ModelRef
 from promptrun.observability import logger
 from promptrun.providers import ErrorKind, ModelCall, Provider, ProviderError, get_provider
 from promptrun.settings import Settings
@@ -31,6 +32,8 @@ from promptrun.settings import Settings
 # Seconds kept back from the Lambda's remaining time, to write the outcome after a timeout.
 SAFETY_MARGIN = 10.0
 DEFAULT_CALL_TIMEOUT = 120.0
+# How long a job that found its model at max_concurrency waits before it tries again.
+SLOT_WAIT_SECONDS = 4.0
 MILLION = Decimal(1_000_000)
 
 
@@ -74,10 +77,11 @@ def parse_message(body: str) -> JobMessage:
         raise InputError(f"SQS body: {field}: {err['msg']}") from None
 
 
-def job_cost(job: ClaimedJob, input_tokens: int, output_tokens: int) -> Decimal:
+def call_cost(model: ModelRef, input_tokens: int, output_tokens: int) -> Decimal:
+    """USD from the catalogue's prices per million tokens."""
     return (
-        Decimal(input_tokens) * job.price_input_per_mtok
-        + Decimal(output_tokens) * job.price_output_per_mtok
+        Decimal(input_tokens) * model.price_input_per_mtok
+        + Decimal(output_tokens) * model.price_output_per_mtok
     ) / MILLION
 
 
@@ -107,10 +111,16 @@ class JobRunner:
             raise
 
     def _run(self, job_id: uuid.UUID, remaining_ms: Callable[[], int] | None) -> Outcome:
-        with self.engine.begin() as conn:
-            job = jobs.claim_job(conn, job_id, self.settings.lease_seconds)
-            if job is None:
-                state = jobs.job_state(conn, job_id)
+        try:
+            with self.engine.begin() as conn:
+                job = jobs.claim_job(conn, job_id, self.settings.lease_seconds)
+                if job is None:
+                    state = jobs.job_state(conn, job_id)
+        except jobs.NoSlot as busy:
+            # Not an attempt: the job never reached the model. Come back soon, spread out.
+            raise RetryLater(
+                random.uniform(SLOT_WAIT_SECONDS / 2, SLOT_WAIT_SECONDS), str(busy)
+            ) from None
         if job is None:
             if state is None:
                 logger.warning("no such job; message dropped", extra={"job_id": str(job_id)})
@@ -165,26 +175,31 @@ class JobRunner:
         left = remaining_ms() / 1000 - SAFETY_MARGIN
         return max(1.0, min(wanted, left))
 
+    def _call(
+        self, model: ModelRef, job: ClaimedJob, remaining_ms: Callable[[], int] | None, seed: str
+    ) -> ModelCall:
+        return ModelCall(
+            provider_model=model.provider_model,
+            base_url=model.base_url,
+            params=dict(model.params),
+            timeout_seconds=self._timeout(remaining_ms, model.params),
+            attempt=job.attempt,
+            seed=seed,
+        )
+
     def _call_and_store(
         self, job: ClaimedJob, remaining_ms: Callable[[], int] | None, log: dict[str, Any]
     ) -> Outcome:
-        provider = self.providers(job.provider, self.settings)
-        call_params = dict(job.params)
-        call = ModelCall(
-            provider_model=job.provider_model,
-            base_url=job.base_url,
-            params=call_params,
-            timeout_seconds=self._timeout(remaining_ms, call_params),
-            attempt=job.attempt,
-            seed=f"{job.batch_key}:{job.run_index}",
-        )
+        seed = f"{job.batch_key}:{job.run_index}"
         started = time.monotonic()
-        completion = provider.answer(call, job.prompt_text, job.system_text)
-        latency_ms = int((time.monotonic() - started) * 1000)
-        call = ModelCall(
-            **{**call.__dict__, "timeout_seconds": self._timeout(remaining_ms, call_params)}
+        completion = self.providers(job.model.provider, self.settings).answer(
+            self._call(job.model, job, remaining_ms, seed), job.prompt_text, job.system_text
         )
-        extraction = provider.extract(call, completion.text)
+        latency_ms = int((time.monotonic() - started) * 1000)
+        extractor = job.extraction_model
+        extraction = self.providers(extractor.provider, self.settings).extract(
+            self._call(extractor, job, remaining_ms, seed), completion.text
+        )
         try:
             result = ExtractionResult(entities=extraction.entities)
         except ValidationError as exc:
@@ -194,7 +209,9 @@ class JobRunner:
         entities = normalize_entities(result.entities)
         input_tokens = completion.input_tokens + extraction.input_tokens
         output_tokens = completion.output_tokens + extraction.output_tokens
-        cost = job_cost(job, input_tokens, output_tokens)
+        cost = call_cost(job.model, completion.input_tokens, completion.output_tokens) + call_cost(
+            extractor, extraction.input_tokens, extraction.output_tokens
+        )
 
         with self.engine.begin() as conn:
             conn.execute(

@@ -110,3 +110,24 @@ def test_cli_sync_and_db_upgrade(
         assert main(["catalog", "check", str(tmp_path / "missing.yaml")]) == 2
     finally:
         get_settings.cache_clear()
+
+
+def test_extraction_model_per_catalogue_and_per_model(engine: Engine) -> None:
+    text_ = GOOD.replace("models:\n", "extraction_model: m1\nmodels:\n", 1)
+    report = sync_catalog(engine, load_catalog(text_))
+    with engine.connect() as conn:
+        rows = dict(
+            conn.execute(
+                text(
+                    "SELECT m.slug, e.slug FROM models m LEFT JOIN models e ON e.id = m.extraction_model_id"
+                )
+            ).all()
+        )
+    assert rows == {"m1": None, "m2": "m1"}  # m1 extracts for itself
+    assert len(report.created) == 4
+    again = sync_catalog(engine, load_catalog(text_))
+    assert again.updated == []
+    with pytest.raises(
+        InputError, match=r"models\[0\] \(m1\).extraction_model: unknown model slug 'zz'"
+    ):
+        load_catalog(GOOD.replace("model: x,", "model: x, extraction_model: zz,"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -301,8 +302,8 @@ def test_duplicate_deliveries_across_concurrent_processors_run_each_job_once(
         engine,
         """
 models:
-  - {slug: a, provider: offline, model: a-1}
-  - {slug: b, provider: offline, model: b-1, params: {latency_ms: 5}}
+  - {slug: a, provider: offline, model: a-1, max_concurrency: 50}
+  - {slug: b, provider: offline, model: b-1, params: {latency_ms: 5}, max_concurrency: 50}
 prompts:
   - {slug: p1, text: "one", schedule: daily, runs: 10}
   - {slug: p2, text: "two", schedule: daily, runs: 10}
@@ -377,3 +378,65 @@ prompts:
         attrs["ApproximateNumberOfMessages"] == "0"
         and attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
     )
+
+
+class ConcurrencyProbe(OfflineProvider):
+    """The offline model with a wait, recording how many calls run at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        self.answers = 0
+
+    def answer(self, call: ModelCall, prompt: str, system: str | None) -> Completion:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            self.answers += 1
+        try:
+            time.sleep(0.05)
+            return super().answer(call, prompt, system)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_max_concurrency_holds_across_more_processors_than_slots(
+    engine: Engine, settings: Settings, sqs: Any
+) -> None:
+    sync(
+        engine,
+        """
+models:
+  - {slug: narrow, provider: offline, model: n-1, max_concurrency: 3}
+prompts:
+  - {slug: p, text: "Which CRM?", schedule: daily, runs: 24}
+""",
+    )
+    fan_out(engine, settings)
+    bodies = [m["Body"] for m in receive_all(sqs, settings.jobs_queue_url)]
+    probe = ConcurrencyProbe()
+    runner = JobRunner(engine, settings, None, providers=lambda n, s: probe)
+    waits = Counter[str]()
+
+    def processor(body: str) -> None:
+        while True:  # as SQS would: a record that found no slot comes back
+            try:
+                runner.handle(body, None)
+                return
+            except RetryLater as retry:
+                assert "max_concurrency" in retry.reason
+                waits["no_slot"] += 1
+                time.sleep(0.01)
+
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(processor, bodies))
+    assert probe.peak == 3  # reached, never exceeded
+    assert probe.answers == 24 and waits["no_slot"] > 0
+    with engine.connect() as conn:
+        attempts = Counter(
+            r[0] for r in conn.execute(text("SELECT attempt_count FROM prompt_jobs"))
+        )
+    assert attempts == {1: 24}  # waiting for a slot used no attempt
+    assert statuses(engine) == {"succeeded": 24}

@@ -100,6 +100,10 @@ class Model(Base):
     )
     max_concurrency: Mapped[int] = mapped_column(Integer, nullable=False, default=4)
     enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    # The model that extracts entities from this model's answers; None: this model itself.
+    extraction_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
@@ -119,6 +123,8 @@ class PromptJob(Base):
         Index("ix_prompt_jobs_prompt_id", "prompt_id"),
         Index("ix_prompt_jobs_batch_key_status", "batch_key", "status"),
         Index("ix_prompt_jobs_created_at_id", "created_at", "id"),
+        # Counting a model's live jobs for its max_concurrency.
+        Index("ix_prompt_jobs_model_id_status", "model_id", "status"),
         # The fan-out's repair pass looks for rows that were never sent.
         Index(
             "ix_prompt_jobs_unsent",

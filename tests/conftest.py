@@ -13,11 +13,11 @@ from typing import Any
 
 import boto3
 import pytest
+from sqlalchemy import Engine, create_engine
+
 from promptrun import aws
 from promptrun.catalog import load_catalog, sync_catalog
 from promptrun.settings import Settings
-from sqlalchemy import Engine, create_engine
-
 from tests.support import stack
 
 REPO = Path(__file__).resolve().parents[1]

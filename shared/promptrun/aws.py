@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -21,6 +22,7 @@ from promptrun.observability import logger
 
 _client_lock = threading.Lock()
 SQS_BATCH = 10
+SEND_THREADS = 8
 
 
 @cache
@@ -70,10 +72,12 @@ class JobQueue:
         sent: list[str] = []
         failed: dict[str, str] = {}
         ids = list(job_ids)
-        for start in range(0, len(ids), SQS_BATCH):
-            chunk_sent, chunk_failed = self._send_chunk(ids[start : start + SQS_BATCH])
-            sent.extend(chunk_sent)
-            failed.update(chunk_failed)
+        chunks = [ids[start : start + SQS_BATCH] for start in range(0, len(ids), SQS_BATCH)]
+        # SendMessageBatch calls are round trips: a few at once (boto3 clients are thread-safe).
+        with ThreadPoolExecutor(max_workers=min(SEND_THREADS, max(1, len(chunks)))) as pool:
+            for chunk_sent, chunk_failed in pool.map(self._send_chunk, chunks):
+                sent.extend(chunk_sent)
+                failed.update(chunk_failed)
         return SendResult(sent=sent, failed=failed)
 
     def _send_chunk(self, ids: Sequence[str]) -> tuple[list[str], dict[str, str]]:

@@ -34,6 +34,7 @@ SAFETY_MARGIN = 10.0
 DEFAULT_CALL_TIMEOUT = 120.0
 # How long a job that found its model at max_concurrency waits before it tries again.
 SLOT_WAIT_SECONDS = 4.0
+MIN_CALL_SECONDS = 2.0
 MILLION = Decimal(1_000_000)
 
 
@@ -173,7 +174,12 @@ class JobRunner:
         if remaining_ms is None:
             return wanted
         left = remaining_ms() / 1000 - SAFETY_MARGIN
-        return max(1.0, min(wanted, left))
+        if left < MIN_CALL_SECONDS:
+            # Too little time for a call: hand the job back rather than be killed mid-call.
+            raise ProviderError(
+                ErrorKind.TIMEOUT, f"only {left:.1f}s of Lambda time left for the call"
+            )
+        return min(wanted, left)
 
     def _call(
         self, model: ModelRef, job: ClaimedJob, remaining_ms: Callable[[], int] | None, seed: str

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, text
+
 from promptrun.catalog import load_catalog, load_catalog_file, sync_catalog
 from promptrun.cli import main
 from promptrun.errors import InputError
-from sqlalchemy import Engine, text
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """

@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, text
+
 from promptrun.aws import JobQueue, SendResult
 from promptrun.errors import InputError
 from promptrun.fanout import FanoutRequest, create_jobs, parse_event, run_fanout, send_pending
 from promptrun.settings import Settings
-from sqlalchemy import Engine, text
 
 AT = datetime(2026, 11, 22, 13, 5, tzinfo=UTC)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
 from promptrun.db import migrate
 from promptrun.db.models import Base
-from sqlalchemy import Engine, inspect
 
 
 def test_migrated_schema_matches_models(engine: Engine) -> None:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, text
+
 from promptrun import jobs
 from promptrun.aws import JobQueue
 from promptrun.errors import InputError
@@ -22,8 +24,6 @@ from promptrun.processor import JobRunner, Outcome, RetryLater
 from promptrun.providers.base import Completion, ModelCall
 from promptrun.providers.offline import OfflineProvider
 from promptrun.settings import Settings
-from sqlalchemy import Engine, text
-
 from tests.conftest import sync
 
 AT = datetime(2026, 11, 22, 13, 5, tzinfo=UTC)
@@ -440,3 +440,26 @@ prompts:
         )
     assert attempts == {1: 24}  # waiting for a slot used no attempt
     assert statuses(engine) == {"succeeded": 24}
+
+
+def test_call_timeout_leaves_room_before_the_lambda_deadline(
+    engine: Engine, settings: Settings
+) -> None:
+    single_job_catalog(engine, params="{timeout: 300}")
+    fan_out(engine, settings)
+    seen: list[float] = []
+
+    class Recording(OfflineProvider):
+        def answer(self, call: ModelCall, prompt: str, system: str | None) -> Completion:
+            seen.append(call.timeout_seconds)
+            return super().answer(call, prompt, system)
+
+    runner = JobRunner(engine, settings, None, providers=lambda n, s: Recording())
+    body = json.dumps({"job_id": str(one_job(engine)["id"])})
+    assert runner.handle(body, None, remaining_ms=lambda: 40_000) == Outcome.SUCCEEDED
+    assert seen == [pytest.approx(30.0)]  # 40 s left less the 10 s margin, not the model's 300 s
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE prompt_jobs SET status = 'queued'"))
+    with pytest.raises(RetryLater):
+        runner.handle(body, None, remaining_ms=lambda: 11_000)  # 1 s: a retryable timeout
+    assert one_job(engine)["error_kind"] == "timeout"

@@ -12,10 +12,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from promptrun.db import migrate
-from promptrun.local import postgres
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from promptrun.db import migrate
+from promptrun.local import postgres
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "shared" / "promptrun" / "db" / "migrations" / "versions"

@@ -4,6 +4,7 @@ import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+
 from promptrun.errors import ConfigError, InputError
 from promptrun.jobs import backoff_seconds, retry_delay
 from promptrun.schedule import batch_key, period_start, validate_batch_key

@@ -3,6 +3,7 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from promptrun.aws import JobQueue
 from promptrun.db.engine import get_engine
 from promptrun.fanout import parse_event, run_fanout

@@ -10,6 +10,7 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from promptrun.aws import JobQueue
 from promptrun.db.engine import get_engine
 from promptrun.observability import logger, tracer

@@ -38,6 +38,7 @@ class NormalizedEntity(BaseModel):
     snippet: str | None = None
 
 
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _MARKDOWN = re.compile(r"[*_`~#>\[\]]+")
 _SPACES = re.compile(r"\s+")
 # Straight and typographic quotes (U+2018, U+2019, U+201C, U+201D) alike.
@@ -47,7 +48,8 @@ _LEADING = re.compile(r"^[\s(\[\"'\u2018\u201c-]+")
 
 def clean_name(raw: str) -> str:
     """Trimmed, markdown and surrounding punctuation stripped, inner spaces folded."""
-    name = _MARKDOWN.sub("", raw)
+    name = _LINK.sub(r"\1", raw)  # [Hooli](https://...) -> Hooli
+    name = _MARKDOWN.sub("", name)
     name = _SPACES.sub(" ", name)
     name = _TRAILING.sub("", name)
     name = _LEADING.sub("", name)

@@ -181,33 +181,47 @@ def job_state(conn: Connection, job_id: uuid.UUID) -> JobState | None:
     return JobState(row[0], row[1], row[2], float(row[3] or 0))
 
 
-_GUARD = "WHERE id = :id AND status = 'processing' AND attempt_count = :attempt"
+_GUARD = " WHERE id = :id AND status = 'processing' AND attempt_count = :attempt"
+# Usage adds up over attempts: a failed attempt's billed tokens are still spent.
+_ADD_USAGE = (
+    ", input_tokens = COALESCE(input_tokens, 0) + :inp"
+    ", output_tokens = COALESCE(output_tokens, 0) + :out"
+    ", cost_usd = COALESCE(cost_usd, 0) + :cost"
+)
 
 
-def complete_job(
-    conn: Connection,
-    job: ClaimedJob,
-    *,
-    input_tokens: int,
-    output_tokens: int,
-    cost_usd: Decimal,
-) -> bool:
+@dataclass
+class Usage:
+    """Tokens and cost one attempt spent, whatever its outcome."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+    def add(self, input_tokens: int, output_tokens: int, cost_usd: Decimal) -> None:
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cost_usd += cost_usd
+
+    def params(self) -> dict[str, Any]:
+        return {"inp": self.input_tokens, "out": self.output_tokens, "cost": self.cost_usd}
+
+
+_DURATION = "duration_ms = (EXTRACT(EPOCH FROM (now() - started_at)) * 1000)::int"
+
+
+def complete_job(conn: Connection, job: ClaimedJob, usage: Usage) -> bool:
     """Mark succeeded, guarded by the claimed attempt. False: a newer attempt owns the row,
     and the caller must roll back what it wrote."""
     result = conn.execute(
         text(
             "UPDATE prompt_jobs SET status = 'succeeded', finished_at = now(), updated_at = now(), "
             "lease_expires_at = NULL, error_kind = NULL, error_message = NULL, "
-            "duration_ms = (EXTRACT(EPOCH FROM (now() - started_at)) * 1000)::int, "
-            "input_tokens = :inp, output_tokens = :out, cost_usd = :cost " + _GUARD
+            + _DURATION
+            + _ADD_USAGE
+            + _GUARD
         ),
-        {
-            "id": job.id,
-            "attempt": job.attempt,
-            "inp": input_tokens,
-            "out": output_tokens,
-            "cost": cost_usd,
-        },
+        {"id": job.id, "attempt": job.attempt, **usage.params()},
     )
     return result.rowcount == 1
 
@@ -219,41 +233,49 @@ def retry_job(
     delay_seconds: float,
     error_kind: str,
     error_message: str,
-    count_attempt: bool = True,
+    usage: Usage | None = None,
 ) -> bool:
-    """Back to queued, due after the delay. count_attempt=False gives the attempt back
-    (the job never reached the model, e.g. no concurrency slot)."""
+    """Back to queued, due after the delay; the attempt stays counted."""
     result = conn.execute(
         text(
             "UPDATE prompt_jobs SET status = 'queued', updated_at = now(), lease_expires_at = NULL, "
             "next_attempt_at = now() + make_interval(secs => :delay), enqueued_at = now(), "
-            "attempt_count = attempt_count - :give_back, "
-            "error_kind = :kind, error_message = :msg " + _GUARD
+            "error_kind = :kind, error_message = :msg" + _ADD_USAGE + _GUARD
         ),
         {
             "id": job.id,
             "attempt": job.attempt,
             "delay": float(delay_seconds),
-            "give_back": 0 if count_attempt else 1,
             "kind": error_kind,
             "msg": error_message[:MAX_ERROR_MESSAGE],
+            **(usage or Usage()).params(),
         },
     )
     return result.rowcount == 1
 
 
-def fail_job(conn: Connection, job: ClaimedJob, *, error_kind: str, error_message: str) -> bool:
+def fail_job(
+    conn: Connection,
+    job: ClaimedJob,
+    *,
+    error_kind: str,
+    error_message: str,
+    usage: Usage | None = None,
+) -> bool:
     result = conn.execute(
         text(
             "UPDATE prompt_jobs SET status = 'failed', finished_at = now(), updated_at = now(), "
             "lease_expires_at = NULL, error_kind = :kind, error_message = :msg, "
-            "duration_ms = (EXTRACT(EPOCH FROM (now() - started_at)) * 1000)::int " + _GUARD
+            + _DURATION
+            + _ADD_USAGE
+            + _GUARD
         ),
         {
             "id": job.id,
             "attempt": job.attempt,
             "kind": error_kind,
             "msg": error_message[:MAX_ERROR_MESSAGE],
+            **(usage or Usage()).params(),
         },
     )
     return result.rowcount == 1

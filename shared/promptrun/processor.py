@@ -151,13 +151,14 @@ class JobRunner:
                     error_message=f"no attempts left ({job.max_attempts}) after an expired lease",
                 )
             return Outcome.FAILED
+        spent = jobs.Usage()
         try:
-            return self._call_and_store(job, remaining_ms, log)
+            return self._call_and_store(job, remaining_ms, log, spent)
         except _StaleAttempt:
             logger.warning("a newer attempt owns the job; result discarded", extra=log)
             return Outcome.STALE
         except ProviderError as err:
-            return self._on_error(job, err, log)
+            return self._on_error(job, err, log, spent)
         except RetryLater:
             raise
         except Exception as exc:  # a bug or an unexpected library error: retried, then failed
@@ -166,6 +167,7 @@ class JobRunner:
                 job,
                 ProviderError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}"[:500]),
                 log,
+                spent,
                 retryable=True,
             )
 
@@ -194,7 +196,11 @@ class JobRunner:
         )
 
     def _call_and_store(
-        self, job: ClaimedJob, remaining_ms: Callable[[], int] | None, log: dict[str, Any]
+        self,
+        job: ClaimedJob,
+        remaining_ms: Callable[[], int] | None,
+        log: dict[str, Any],
+        spent: jobs.Usage,
     ) -> Outcome:
         seed = f"{job.batch_key}:{job.run_index}"
         started = time.monotonic()
@@ -202,9 +208,28 @@ class JobRunner:
             self._call(job.model, job, remaining_ms, seed), job.prompt_text, job.system_text
         )
         latency_ms = int((time.monotonic() - started) * 1000)
+        spent.add(
+            completion.input_tokens,
+            completion.output_tokens,
+            call_cost(job.model, completion.input_tokens, completion.output_tokens),
+        )
         extractor = job.extraction_model
-        extraction = self.providers(extractor.provider, self.settings).extract(
-            self._call(extractor, job, remaining_ms, seed), completion.text
+        try:
+            extraction = self.providers(extractor.provider, self.settings).extract(
+                self._call(extractor, job, remaining_ms, seed), completion.text
+            )
+        except ProviderError as err:
+            # Calls that failed after the provider billed them still count.
+            billed_in, billed_out = (
+                getattr(err, "input_tokens", 0),
+                getattr(err, "output_tokens", 0),
+            )
+            spent.add(billed_in, billed_out, call_cost(extractor, billed_in, billed_out))
+            raise
+        spent.add(
+            extraction.input_tokens,
+            extraction.output_tokens,
+            call_cost(extractor, extraction.input_tokens, extraction.output_tokens),
         )
         try:
             result = ExtractionResult(entities=extraction.entities)
@@ -215,9 +240,6 @@ class JobRunner:
         entities = normalize_entities(result.entities)
         input_tokens = completion.input_tokens + extraction.input_tokens
         output_tokens = completion.output_tokens + extraction.output_tokens
-        cost = call_cost(job.model, completion.input_tokens, completion.output_tokens) + call_cost(
-            extractor, extraction.input_tokens, extraction.output_tokens
-        )
 
         with self.engine.begin() as conn:
             conn.execute(
@@ -251,9 +273,7 @@ class JobRunner:
                         for e in entities
                     ],
                 )
-            if not jobs.complete_job(
-                conn, job, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost
-            ):
+            if not jobs.complete_job(conn, job, spent):
                 # Raising rolls back the response and mentions written above.
                 raise _StaleAttempt()
         logger.info(
@@ -266,6 +286,7 @@ class JobRunner:
         job: ClaimedJob,
         err: ProviderError,
         log: dict[str, Any],
+        spent: jobs.Usage,
         retryable: bool | None = None,
     ) -> Outcome:
         can_retry = err.retryable if retryable is None else retryable
@@ -279,7 +300,12 @@ class JobRunner:
             )
             with self.engine.begin() as conn:
                 owned = jobs.retry_job(
-                    conn, job, delay_seconds=delay, error_kind=err.kind, error_message=err.message
+                    conn,
+                    job,
+                    delay_seconds=delay,
+                    error_kind=err.kind,
+                    error_message=err.message,
+                    usage=spent,
                 )
             if not owned:
                 return Outcome.STALE
@@ -289,6 +315,8 @@ class JobRunner:
             err.message if not can_retry else f"gave up after {job.attempt} attempts: {err.message}"
         )
         with self.engine.begin() as conn:
-            owned = jobs.fail_job(conn, job, error_kind=err.kind, error_message=message)
+            owned = jobs.fail_job(
+                conn, job, error_kind=err.kind, error_message=message, usage=spent
+            )
         logger.warning("job failed", extra=extra)
         return Outcome.FAILED if owned else Outcome.STALE

@@ -46,6 +46,12 @@ def drain(sqs: Any, url: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     while msgs := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
         out.extend(msgs)
+        sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)
+            ],
+        )
     return out
 
 
@@ -123,6 +129,8 @@ def main() -> None:
         # One SQS batch of 10 through the real handler, model waiting 300 ms per call.
         sync_catalog(engine, load_catalog(catalog(latency_ms=300)))
         with engine.begin() as conn:
+            conn.execute(text("DELETE FROM entity_mentions"))
+            conn.execute(text("DELETE FROM responses"))
             conn.execute(
                 text(
                     "UPDATE prompt_jobs SET status = 'queued', attempt_count = 0, lease_expires_at = NULL"
@@ -133,7 +141,7 @@ def main() -> None:
             ]
         for job_id in batch_ids:
             sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"job_id": job_id}))
-        msgs = drain(sqs, queue_url)
+        msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
         os.environ.update(DATABASE_URL=url, JOBS_QUEUE_URL=queue_url)
         get_settings.cache_clear()
         handler = load_handler("processor", fresh=True)

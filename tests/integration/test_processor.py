@@ -246,11 +246,9 @@ def test_stale_worker_cannot_overwrite_a_newer_attempt(engine: Engine, settings:
     with engine.begin() as conn:
         from decimal import Decimal
 
-        assert not jobs.complete_job(
-            conn, first, input_tokens=1, output_tokens=1, cost_usd=Decimal(0)
-        )
+        assert not jobs.complete_job(conn, first, jobs.Usage(1, 1, Decimal(0)))
         assert not jobs.fail_job(conn, first, error_kind="server", error_message="late")
-        assert jobs.complete_job(conn, second, input_tokens=1, output_tokens=1, cost_usd=Decimal(0))
+        assert jobs.complete_job(conn, second, jobs.Usage(1, 1, Decimal(0)))
     assert one_job(engine)["status"] == "succeeded"
 
 

@@ -21,7 +21,9 @@ def _openai(settings: Settings) -> Provider:
     try:
         from promptrun.providers.openai_provider import OpenAIProvider
     except ImportError as exc:
-        raise ProviderError(ErrorKind.CONFIG, f"provider 'openai' needs the openai package ({exc.name})") from None
+        raise ProviderError(
+            ErrorKind.CONFIG, f"provider 'openai' needs the openai package ({exc.name})"
+        ) from None
     return OpenAIProvider(settings)
 
 

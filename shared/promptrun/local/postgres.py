@@ -118,6 +118,11 @@ def ensure_running(root: Path, port: int = 54329) -> LocalPostgres:
                 "max_connections = 300\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
             )
+    if _port_open(port) and not (pg.data_dir / "postmaster.pid").exists():
+        raise RuntimeError(
+            f"port {port} is taken by a server that is not the one in {pg.data_dir}; "
+            "stop it or choose another port (PROMPTRUN_PG_PORT)"
+        )
     if not _port_open(port):
         _log(f"starting on port {port}")
         _run(

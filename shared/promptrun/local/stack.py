@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shlex
 from pathlib import Path
@@ -11,8 +12,9 @@ import boto3
 
 from promptrun.local import moto_server, postgres
 
-MOTO_PORT = 5010
-PG_PORT = 54329
+# The demo's ports; PROMPTRUN_PG_PORT / PROMPTRUN_MOTO_PORT move them.
+MOTO_PORT = int(os.environ.get("PROMPTRUN_MOTO_PORT", "5010"))
+PG_PORT = int(os.environ.get("PROMPTRUN_PG_PORT", "54329"))
 REGION = "us-east-1"
 
 

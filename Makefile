@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-PYTHON313 ?= $(shell command -v python3.13 2>/dev/null || PYENV_VERSION=3.13.0 pyenv which python3 2>/dev/null)
+PYTHON313 ?= $(shell scripts/find_python313.sh)
 VENV := .venv
 PY := $(VENV)/bin/python
 SAM_VENV := .tools/sam

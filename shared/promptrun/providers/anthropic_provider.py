@@ -11,15 +11,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import anthropic
 
 from promptrun.providers import schema
 from promptrun.providers.base import Completion, ErrorKind, Extraction, ModelCall, ProviderError
+from promptrun.providers.clients import ClientCache
 from promptrun.providers.errors import ExtractionFailed, from_anthropic_error
 from promptrun.providers.keys import api_key_for
 from promptrun.settings import Settings
@@ -28,24 +26,13 @@ DEFAULT_MAX_TOKENS = 1024
 DEFAULT_EXTRACTION_MAX_TOKENS = 4096
 BODY_PARAMS = ("temperature", "top_p", "top_k")
 
-_CLIENTS: OrderedDict[tuple[str | None, str], anthropic.Anthropic] = OrderedDict()
-_CLIENTS_LOCK = threading.Lock()
-_MAX_CLIENTS = 16
+_CLIENTS = ClientCache(
+    lambda base_url, api_key: anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0)
+)
 
 
 def _client(base_url: str | None, api_key: str) -> anthropic.Anthropic:
-    """One SDK client per endpoint and key, kept across warm invocations (thread-safe)."""
-    cache_key = (base_url, hashlib.sha256(api_key.encode()).hexdigest())
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(cache_key)
-        if client is None:
-            client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0)
-            _CLIENTS[cache_key] = client
-            while len(_CLIENTS) > _MAX_CLIENTS:
-                _CLIENTS.popitem(last=False)
-        else:
-            _CLIENTS.move_to_end(cache_key)
-        return client
+    return _CLIENTS.get(base_url, api_key)
 
 
 def answer_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -111,7 +111,13 @@ class OfflineProvider:
             mood = next((s for s in SENTIMENTS if f"a {s} pick" in line), None)
             entities.append(
                 Entity.model_validate(
-                    {"name": name, "type": kind, "rank": rank, "sentiment": mood, "snippet": line.strip()[:200]}
+                    {
+                        "name": name,
+                        "type": kind,
+                        "rank": rank,
+                        "sentiment": mood,
+                        "snippet": line.strip()[:200],
+                    }
                 )
             )
         return Extraction(

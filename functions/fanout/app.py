@@ -7,7 +7,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from promptrun.aws import JobQueue
 from promptrun.db.engine import get_engine
 from promptrun.fanout import parse_event, run_fanout
-from promptrun.observability import logger, tracer
+from promptrun.observability import logger, metrics, tracer
 from promptrun.settings import get_settings
 
 settings = get_settings().require("database", "queue")
@@ -15,6 +15,7 @@ settings = get_settings().require("database", "queue")
 
 @logger.inject_lambda_context(log_event=True)
 @tracer.capture_lambda_handler
+@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse_event(event)
     queue = JobQueue(settings.jobs_queue_url or "")

@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from promptrun.aws import JobQueue
 from promptrun.db.engine import get_engine
-from promptrun.observability import logger, tracer
+from promptrun.observability import logger, metrics, tracer
 from promptrun.processor import JobRunner
 from promptrun.settings import get_settings
 
@@ -37,6 +37,7 @@ async def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> st
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
+@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return async_process_partial_response(
         event=event, record_handler=record_handler, processor=batch, context=context

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -20,7 +21,7 @@ from promptrun.aws import JobQueue
 from promptrun.db.engine import session_scope
 from promptrun.db.models import Model, Prompt, PromptJob
 from promptrun.errors import InputError
-from promptrun.observability import logger
+from promptrun.observability import logger, metrics
 from promptrun.schedule import batch_key, period_start, validate_batch_key
 from promptrun.settings import Settings
 
@@ -228,4 +229,7 @@ def run_fanout(
     result = create_jobs(engine, request, settings)
     result.sent, result.send_failed, result.rescued = send_pending(engine, queue, settings)
     logger.info("fan-out done", extra={"result": result.as_dict()})
+    metrics.add_metric(name="JobsCreated", unit=MetricUnit.Count, value=result.created)
+    metrics.add_metric(name="JobsSent", unit=MetricUnit.Count, value=result.sent)
+    metrics.add_metric(name="JobsSendFailed", unit=MetricUnit.Count, value=result.send_failed)
     return result

@@ -16,6 +16,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Engine, insert
 
@@ -25,7 +26,7 @@ from promptrun.db.models import EntityMention, Response
 from promptrun.errors import InputError
 from promptrun.extraction import ExtractionResult, normalize_entities
 from promptrun.jobs import ClaimedJob, ModelRef
-from promptrun.observability import logger
+from promptrun.observability import logger, metrics
 from promptrun.providers import ErrorKind, ModelCall, Provider, ProviderError, get_provider
 from promptrun.settings import Settings
 
@@ -100,8 +101,11 @@ class JobRunner:
         both make the record a batch item failure; anything else was handled here."""
         message = parse_message(body)
         try:
-            return self._run(message.job_id, remaining_ms)
+            outcome = self._run(message.job_id, remaining_ms)
+            metrics.add_metric(name=f"Jobs{outcome.value.title()}", unit=MetricUnit.Count, value=1)
+            return outcome
         except RetryLater as retry:
+            metrics.add_metric(name="JobsRetried", unit=MetricUnit.Count, value=1)
             if self.queue is not None and receipt_handle:
                 try:
                     self.queue.delay_message(receipt_handle, math.ceil(retry.delay))

@@ -62,6 +62,7 @@ def up(root: Path) -> dict[str, str]:
         "JOBS_QUEUE_URL": create_queues(endpoint),
         "API_TOKEN": token_file.read_text().strip(),
         "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "Promptrun",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
     }

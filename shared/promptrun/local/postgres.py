@@ -6,6 +6,7 @@ which then owns the data folder.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -60,8 +61,13 @@ def _as_server_user(cmd: list[str]) -> list[str]:
     return cmd
 
 
-def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_as_server_user(cmd), check=True, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(_as_server_user(cmd), text=True, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{Path(cmd[0]).name} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-2000:]}"
+        )
+    return done
 
 
 def _port_open(port: int) -> bool:
@@ -76,9 +82,17 @@ def _log(msg: str) -> None:
 
 def ensure_running(root: Path, port: int = 54329) -> LocalPostgres:
     """Initialise (once) and start (if stopped) a server on `port`, listening on all addresses
-    so that Lambda containers can reach it; access needs the generated password."""
-    pg = LocalPostgres(root=root.resolve(), port=port)
-    pg.root.mkdir(parents=True, exist_ok=True)
+    so that Lambda containers can reach it; access needs the generated password.
+    Safe to call from several processes at once (parallel test workers)."""
+    root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    with (root.parent / f".{root.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_running(root, port)
+
+
+def _ensure_running(root: Path, port: int) -> LocalPostgres:
+    pg = LocalPostgres(root=root, port=port)
     if os.geteuid() == 0:
         shutil.chown(pg.root, "postgres", "postgres")
     if not (pg.data_dir / "PG_VERSION").exists():

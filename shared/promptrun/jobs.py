@@ -261,10 +261,12 @@ def fail_job(
     error_kind: str,
     error_message: str,
     usage: Usage | None = None,
+    status: JobStatus = JobStatus.FAILED,
 ) -> bool:
+    """Finish without a result: failed, or skipped (not run on purpose)."""
     result = conn.execute(
         text(
-            "UPDATE prompt_jobs SET status = 'failed', finished_at = now(), updated_at = now(), "
+            "UPDATE prompt_jobs SET status = :status, finished_at = now(), updated_at = now(), "
             "lease_expires_at = NULL, error_kind = :kind, error_message = :msg, "
             + _DURATION
             + _ADD_USAGE
@@ -275,6 +277,7 @@ def fail_job(
             "attempt": job.attempt,
             "kind": error_kind,
             "msg": error_message[:MAX_ERROR_MESSAGE],
+            "status": str(status),
             **(usage or Usage()).params(),
         },
     )

@@ -22,12 +22,13 @@ from sqlalchemy import Engine, insert
 
 from promptrun import jobs
 from promptrun.aws import JobQueue
-from promptrun.db.models import EntityMention, Response
+from promptrun.db.models import EntityMention, JobStatus, Response
 from promptrun.errors import InputError
 from promptrun.extraction import ExtractionResult, normalize_entities
 from promptrun.jobs import ClaimedJob, ModelRef
 from promptrun.observability import logger, metrics
 from promptrun.providers import ErrorKind, ModelCall, Provider, ProviderError, get_provider
+from promptrun.providers.errors import redact
 from promptrun.settings import Settings
 
 # Seconds kept back from the Lambda's remaining time, to write the outcome after a timeout.
@@ -155,6 +156,17 @@ class JobRunner:
                     error_message=f"no attempts left ({job.max_attempts}) after an expired lease",
                 )
             return Outcome.FAILED
+        if not job.model_enabled:
+            # Disabled in the catalogue after the fan-out: not run, and said so.
+            with self.engine.begin() as conn:
+                jobs.fail_job(
+                    conn,
+                    job,
+                    error_kind=ErrorKind.CONFIG,
+                    error_message=f"model {job.model_slug} is disabled in the catalogue",
+                    status=JobStatus.SKIPPED,
+                )
+            return Outcome.SKIPPED
         spent = jobs.Usage()
         try:
             return self._call_and_store(job, remaining_ms, log, spent)
@@ -169,7 +181,7 @@ class JobRunner:
             logger.exception("unexpected error", extra=log)
             return self._on_error(
                 job,
-                ProviderError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}"[:500]),
+                ProviderError(ErrorKind.INTERNAL, redact(f"{type(exc).__name__}: {exc}")),
                 log,
                 spent,
                 retryable=True,

@@ -461,3 +461,17 @@ def test_call_timeout_leaves_room_before_the_lambda_deadline(
     with pytest.raises(RetryLater):
         runner.handle(body, None, remaining_ms=lambda: 11_000)  # 1 s: a retryable timeout
     assert one_job(engine)["error_kind"] == "timeout"
+
+
+def test_job_of_a_model_disabled_after_fanout_is_skipped(
+    engine: Engine, settings: Settings
+) -> None:
+    single_job_catalog(engine)
+    fan_out(engine, settings)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE models SET enabled = false"))
+    body = json.dumps({"job_id": str(one_job(engine)["id"])})
+    assert JobRunner(engine, settings, None).handle(body, None) == Outcome.SKIPPED
+    row = one_job(engine)
+    assert (row["status"], row["error_kind"]) == ("skipped", "config")
+    assert "disabled" in row["error_message"] and row["finished_at"] is not None

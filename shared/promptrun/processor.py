@@ -88,6 +88,13 @@ def call_cost(model: ModelRef, input_tokens: int, output_tokens: int) -> Decimal
     ) / MILLION
 
 
+def _add_billed(spent: jobs.Usage, model: ModelRef, err: ProviderError) -> None:
+    """Calls that failed after the provider answered (and billed) them still count."""
+    spent.add(
+        err.input_tokens, err.output_tokens, call_cost(model, err.input_tokens, err.output_tokens)
+    )
+
+
 @dataclass
 class JobRunner:
     engine: Engine
@@ -220,9 +227,13 @@ class JobRunner:
     ) -> Outcome:
         seed = f"{job.batch_key}:{job.run_index}"
         started = time.monotonic()
-        completion = self.providers(job.model.provider, self.settings).answer(
-            self._call(job.model, job, remaining_ms, seed), job.prompt_text, job.system_text
-        )
+        try:
+            completion = self.providers(job.model.provider, self.settings).answer(
+                self._call(job.model, job, remaining_ms, seed), job.prompt_text, job.system_text
+            )
+        except ProviderError as err:
+            _add_billed(spent, job.model, err)
+            raise
         latency_ms = int((time.monotonic() - started) * 1000)
         spent.add(
             completion.input_tokens,
@@ -235,12 +246,7 @@ class JobRunner:
                 self._call(extractor, job, remaining_ms, seed), completion.text
             )
         except ProviderError as err:
-            # Calls that failed after the provider billed them still count.
-            billed_in, billed_out = (
-                getattr(err, "input_tokens", 0),
-                getattr(err, "output_tokens", 0),
-            )
-            spent.add(billed_in, billed_out, call_cost(extractor, billed_in, billed_out))
+            _add_billed(spent, extractor, err)
             raise
         spent.add(
             extraction.input_tokens,

@@ -3,12 +3,13 @@
 `POST /v1/messages`; `base_url` is the server root. By default a request with `tools` gets a
 `tool_use` of the first tool with valid entities, a request asking for JSON in its system
 prompt gets the JSON as text, and any other request gets a text answer. Faults: 429 with
-Retry-After, 500, 529 overloaded, a slow answer, invalid tool input, a refusal.
+Retry-After, 500, 529 overloaded, 401, a slow answer, invalid tool input, a refusal.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from tests.support.fake_openai import (
@@ -132,6 +133,20 @@ class FakeAnthropic(FakeHTTPServer):
     @classmethod
     def server_error(cls) -> Reply:
         return cls.error(500, "api_error", "Internal server error")
+
+    @classmethod
+    def unauthorized(cls, echo_key: bool = False) -> Callable[[Received], Reply]:
+        """401 authentication_error; with `echo_key` the message repeats the presented key."""
+
+        def reply(request: Received) -> Reply:
+            # SDK versions differ in the header they put the key in.
+            presented = request.headers.get("x-api-key") or request.headers.get(
+                "authorization", ""
+            ).removeprefix("Bearer ")
+            shown = presented if echo_key else "***"
+            return cls.error(401, "authentication_error", f"invalid x-api-key: {shown}")
+
+        return reply
 
     def slow(self, delay: float) -> Reply:
         return self.message(DEFAULT_ANSWER, delay=delay)

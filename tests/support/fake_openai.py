@@ -4,7 +4,8 @@ Tests script the replies (`push`), in order; once the script is used up, every r
 sensible default (an answer, or a valid extraction when the request asks for JSON). Faults are
 replies too: `rate_limited`, `server_error`, `slow`, `malformed_extraction`, `refusal`, ...
 The server records every request (`requests`, `bodies`, `request_count`) so tests can count
-model calls and inspect what the SDK sent.
+model calls and inspect what the SDK sent, and tracks how many requests it is answering at once
+(`in_flight`, `peak_in_flight`). `default_delay` makes every unscripted reply slow.
 
 `FakeHTTPServer` is the shared machinery (fake_anthropic builds on it): ThreadingHTTPServer on
 127.0.0.1 and a free port, in a daemon thread; `with FakeOpenAI() as server: ...`, or one
@@ -72,6 +73,9 @@ class FakeHTTPServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
+        self.default_delay = 0.0  # seconds every unscripted reply waits (a slow model)
+        self.in_flight = 0  # requests received and not yet answered
+        self.peak_in_flight = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -134,6 +138,7 @@ class FakeHTTPServer:
         with self._lock:
             self._script.clear()
             self.requests.clear()
+            self.peak_in_flight = self.in_flight
         return self
 
     @property
@@ -172,13 +177,24 @@ class FakeHTTPServer:
         with self._lock:
             self.requests.append(request)
             scripted = self._script.popleft() if self._script else None
-        if scripted is None:
-            reply = self.default_reply(request)
-        elif isinstance(scripted, Reply):
-            reply = scripted
-        else:
-            reply = scripted(request)
-        if reply.delay and self._stopping.wait(reply.delay):
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if scripted is None:
+                reply = self.default_reply(request)
+                if not reply.delay and self.default_delay:
+                    reply.delay = self.default_delay
+            elif isinstance(scripted, Reply):
+                reply = scripted
+            else:
+                reply = scripted(request)
+            stopping = bool(reply.delay) and self._stopping.wait(reply.delay)
+        finally:
+            # No longer in flight before the client can see the answer, so a client that
+            # sends its next request at once is never counted twice.
+            with self._lock:
+                self.in_flight -= 1
+        if stopping:
             return  # the server is stopping: drop the connection
         if isinstance(reply.body, bytes):
             payload, ctype = reply.body, "application/octet-stream"
@@ -308,6 +324,23 @@ class FakeOpenAI(FakeHTTPServer):
         return cls.error(
             status, "The server had an error while processing your request.", "server_error"
         )
+
+    @classmethod
+    def unauthorized(cls, echo_key: bool = False) -> Callable[[Received], Reply]:
+        """401 invalid_api_key; with `echo_key` the message repeats the key the request
+        presented, in full (a careless proxy), to test that it never reaches logs or rows."""
+
+        def reply(request: Received) -> Reply:
+            presented = request.headers.get("authorization", "").removeprefix("Bearer ")
+            shown = presented if echo_key else "sk-***"
+            return cls.error(
+                401,
+                f"Incorrect API key provided: {shown}.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+
+        return reply
 
     def slow(self, delay: float) -> Reply:
         return self.completion(DEFAULT_ANSWER, delay=delay)

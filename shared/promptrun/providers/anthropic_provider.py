@@ -100,14 +100,17 @@ class AnthropicProvider:
         if system:
             kwargs["system"] = system
         resp = self._create(call, messages=[{"role": "user", "content": prompt}], **kwargs)
+        input_tokens, output_tokens = _usage(resp)
+        billed = {"input_tokens": input_tokens, "output_tokens": output_tokens}
         if resp.stop_reason == "refusal":
-            raise ProviderError(ErrorKind.REFUSAL, _refusal(resp))
+            raise ProviderError(ErrorKind.REFUSAL, _refusal(resp), **billed)
         text = _text(resp)
         if not text.strip():
             raise ProviderError(
-                ErrorKind.VALIDATION, f"anthropic: empty answer (stop_reason={resp.stop_reason})"
+                ErrorKind.VALIDATION,
+                f"anthropic: empty answer (stop_reason={resp.stop_reason})",
+                **billed,
             )
-        input_tokens, output_tokens = _usage(resp)
         return Completion(
             text=text,
             input_tokens=input_tokens,

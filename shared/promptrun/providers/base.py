@@ -39,11 +39,22 @@ RETRYABLE_KINDS = {
 class ProviderError(Exception):
     """A classified failure of a model call. The message must never contain a secret."""
 
-    def __init__(self, kind: ErrorKind, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.retry_after = retry_after
+        # Tokens of calls the provider answered (and billed) before the failure.
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
 
     @property
     def retryable(self) -> bool:

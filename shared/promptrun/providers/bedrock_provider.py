@@ -138,14 +138,17 @@ class BedrockProvider:
             kwargs["additionalModelRequestFields"] = extra
         resp = self._converse(call, **kwargs)
         stop = resp.get("stopReason")
+        input_tokens, output_tokens = _usage(resp)
+        billed = {"input_tokens": input_tokens, "output_tokens": output_tokens}
         if stop in REFUSAL_STOPS:
             raise ProviderError(
-                ErrorKind.REFUSAL, f"bedrock: the answer was blocked (stopReason={stop})"
+                ErrorKind.REFUSAL, f"bedrock: the answer was blocked (stopReason={stop})", **billed
             )
         text = _text(resp)
         if not text.strip():
-            raise ProviderError(ErrorKind.VALIDATION, f"bedrock: empty answer (stopReason={stop})")
-        input_tokens, output_tokens = _usage(resp)
+            raise ProviderError(
+                ErrorKind.VALIDATION, f"bedrock: empty answer (stopReason={stop})", **billed
+            )
         return Completion(
             text=text,
             input_tokens=input_tokens,

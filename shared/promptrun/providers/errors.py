@@ -55,9 +55,7 @@ class ExtractionFailed(ProviderError):
     def __init__(
         self, kind: ErrorKind, message: str, input_tokens: int = 0, output_tokens: int = 0
     ) -> None:
-        super().__init__(kind, message)
-        self.input_tokens = input_tokens
-        self.output_tokens = output_tokens
+        super().__init__(kind, message, input_tokens=input_tokens, output_tokens=output_tokens)
 
 
 def register_secret(value: str | None) -> None:

@@ -131,14 +131,17 @@ class OpenAIProvider:
         messages.append({"role": "user", "content": prompt})
         resp = self._create(call, messages=messages, **answer_params(call.params))
         choice = self._choice(resp)
+        input_tokens, output_tokens = self._usage(resp)
+        billed = {"input_tokens": input_tokens, "output_tokens": output_tokens}
         if choice.message.refusal or choice.finish_reason == "content_filter":
-            raise ProviderError(ErrorKind.REFUSAL, _refusal_message(choice))
+            raise ProviderError(ErrorKind.REFUSAL, _refusal_message(choice), **billed)
         text = choice.message.content or ""
         if not text.strip():
             raise ProviderError(
-                ErrorKind.VALIDATION, f"openai: empty answer (finish_reason={choice.finish_reason})"
+                ErrorKind.VALIDATION,
+                f"openai: empty answer (finish_reason={choice.finish_reason})",
+                **billed,
             )
-        input_tokens, output_tokens = self._usage(resp)
         return Completion(
             text=text,
             input_tokens=input_tokens,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 SERVICE = "promptrun"
@@ -9,3 +11,6 @@ SERVICE = "promptrun"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace="Promptrun", service=SERVICE)
+
+# A fan-out that rejects its event publishes no metric; that is not worth a warning.
+warnings.filterwarnings("ignore", message="No application metrics to publish")

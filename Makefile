@@ -50,6 +50,10 @@ demo: up ## the whole pipeline locally: fan-out, poller + processor, status summ
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun catalog sync examples/catalog.yaml
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun demo
 
+.PHONY: demo-sam
+demo-sam: up sam-cli ## the demo with all three functions in Lambda containers (sam local)
+	SAM=$(abspath $(SAM)) scripts/demo_sam.sh
+
 .PHONY: engine
 engine: ## a container engine (Docker, else Podman) and the Lambda image for sam local
 	scripts/container_engine.sh > $(LOCAL)/engine.env
@@ -77,7 +81,7 @@ test: venv sam-cli ## everything: lint, sam validate/build, unit, integration an
 	$(SAM) build --cached --parallel
 	$(VENV)/bin/pytest -q -n 2 -m 'not sam' tests/unit tests/integration
 	scripts/container_engine.sh > $(LOCAL)/engine.env
-	source $(LOCAL)/engine.env && SAM=$(CURDIR)/$(SAM) $(VENV)/bin/pytest -q -m sam tests/sam
+	source $(LOCAL)/engine.env && SAM=$(abspath $(SAM)) $(VENV)/bin/pytest -q -m sam tests/sam
 
 .PHONY: bench
 bench: venv ## benchmarks that print figures

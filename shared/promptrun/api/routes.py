@@ -20,6 +20,7 @@ from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from promptrun import __version__, queries
@@ -52,11 +53,39 @@ CursorQuery = Annotated[
 ]
 BatchKeyPath = Annotated[str, Path(pattern=BATCH_KEY_RE.pattern, max_length=64)]
 
+class ErrorBody(BaseModel):
+    statusCode: int
+    message: str
+
+
+class InvalidField(BaseModel):
+    loc: list[str | int] = Field(description='where, e.g. ["query", "limit"]')
+    type: str
+    msg: str
+
+
+class ValidationErrorBody(BaseModel):
+    statusCode: int
+    detail: list[InvalidField]
+
+
+def _json(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"model": model}}
+
+
+# Documented per route; 200 without content takes the route's return type.
 _ERRORS: dict[int, Any] = {
-    401: {"description": "missing or invalid bearer token"},
-    422: {"description": "invalid input; `detail[].loc` names the field"},
+    200: {"description": "OK"},
+    401: {"description": "missing or invalid bearer token", "content": _json(ErrorBody)},
+    422: {
+        "description": "invalid input; `detail[].loc` names the field",
+        "content": _json(ValidationErrorBody),
+    },
 }
-_ERRORS_404: dict[int, Any] = {**_ERRORS, 404: {"description": "not found"}}
+_ERRORS_404: dict[int, Any] = {
+    **_ERRORS,
+    404: {"description": "not found", "content": _json(ErrorBody)},
+}
 
 
 def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

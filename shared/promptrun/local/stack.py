@@ -34,7 +34,8 @@ def create_queues(endpoint: str, name: str = "promptrun-jobs") -> str:
         sqs.create_queue(
             QueueName=name,
             Attributes={
-                # The template's numbers: 6 x the processor's timeout, 5 receives then the DLQ.
+                # Shorter than the template's 900 s so that local retries come back soon;
+                # 5 receives, then the dead-letter queue, as in the template.
                 "VisibilityTimeout": "60",
                 "RedrivePolicy": json.dumps(
                     {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}

@@ -30,7 +30,13 @@ def free_port() -> int:
 
 def start_postgres() -> postgres.LocalPostgres:
     root = Path(os.environ.get("PROMPTRUN_PG_ROOT", REPO / ".local" / "pg"))
-    port = int(os.environ.get("PROMPTRUN_PG_PORT", "54329"))
+    if "PROMPTRUN_PG_PORT" in os.environ:
+        return postgres.ensure_running(root, int(os.environ["PROMPTRUN_PG_PORT"]))
+    port = 54329
+    if not postgres.port_owner_is(root, port):
+        # Another checkout's server holds the usual port: this checkout takes one of its own,
+        # derived from its path so that every test worker agrees on it.
+        port = 55000 + int(hashlib.sha256(str(root.resolve()).encode()).hexdigest(), 16) % 5000
     return postgres.ensure_running(root, port)
 
 

@@ -70,6 +70,15 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def port_owner_is(root: Path, port: int) -> bool:
+    """Whether the server answering on `port` (if any) is the one kept in `root`."""
+    if not _port_open(port):
+        return True
+    pid_file = root.resolve() / "data" / "postmaster.pid"
+    lines = pid_file.read_text().splitlines() if pid_file.exists() else []
+    return len(lines) > 3 and lines[3].strip() == str(port)
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -132,7 +141,7 @@ def _ensure_running(root: Path, port: int) -> LocalPostgres:
                 "max_connections = 300\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
             )
-    if _port_open(port) and not (pg.data_dir / "postmaster.pid").exists():
+    if not port_owner_is(root, port):
         raise RuntimeError(
             f"port {port} is taken by a server that is not the one in {pg.data_dir}; "
             "stop it or choose another port (PROMPTRUN_PG_PORT)"
@@ -146,6 +155,8 @@ def _ensure_running(root: Path, port: int) -> LocalPostgres:
                 str(pg.data_dir),
                 "-l",
                 str(pg.root / "server.log"),
+                "-o",
+                f"-p {port}",
                 "-w",
                 "-t",
                 "60",

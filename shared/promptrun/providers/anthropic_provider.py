@@ -19,8 +19,7 @@ from promptrun.providers import schema
 from promptrun.providers.base import Completion, ErrorKind, Extraction, ModelCall, ProviderError
 from promptrun.providers.clients import ClientCache
 from promptrun.providers.errors import ExtractionFailed, from_anthropic_error
-from promptrun.providers.keys import api_key_for
-from promptrun.settings import Settings
+from promptrun.providers.keys import KeyedProvider
 
 DEFAULT_MAX_TOKENS = 1024
 DEFAULT_EXTRACTION_MAX_TOKENS = 4096
@@ -68,22 +67,8 @@ def _refusal(resp: Any) -> str:
     return "anthropic: the model refused" + (f": {text}" if text else "")
 
 
-class AnthropicProvider:
+class AnthropicProvider(KeyedProvider):
     name = "anthropic"
-
-    def __init__(self, settings: Settings, api_key: str | None = None) -> None:
-        self.settings = settings
-        self._api_key = api_key
-
-    def _key(self, call: ModelCall) -> str:
-        if self._api_key is not None:
-            return self._api_key
-        return api_key_for(
-            "anthropic",
-            self.settings,
-            base_url=call.base_url,
-            key_name=call.params.get("api_key_name"),
-        )
 
     def _create(self, call: ModelCall, **kwargs: Any) -> Any:
         key = self._key(call)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from promptrun.errors import ConfigError
-from promptrun.providers.base import ErrorKind, ProviderError
+from promptrun.providers.base import ErrorKind, ModelCall, ProviderError
 from promptrun.providers.errors import redact, register_secret
 from promptrun.settings import PROVIDER_KEY_VARS, Settings
 
@@ -108,3 +108,24 @@ def api_key_for(
         if settings.provider_secrets_arn:
             where += f" or add {name!r} to the secret named by PROVIDER_SECRETS_ARN"
     raise ProviderError(ErrorKind.CONFIG, f"no API key for {name}: {where}")
+
+
+class KeyedProvider:
+    """A provider that sends an API key: the key for each call, from `api_key_for`
+    (or fixed, for tests and embedding)."""
+
+    name: str
+
+    def __init__(self, settings: Settings, api_key: str | None = None) -> None:
+        self.settings = settings
+        self._api_key = api_key
+
+    def _key(self, call: ModelCall) -> str:
+        if self._api_key is not None:
+            return self._api_key
+        return api_key_for(
+            self.name,
+            self.settings,
+            base_url=call.base_url,
+            key_name=call.params.get("api_key_name"),
+        )

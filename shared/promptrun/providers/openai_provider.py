@@ -20,8 +20,7 @@ from promptrun.providers import schema
 from promptrun.providers.base import Completion, ErrorKind, Extraction, ModelCall, ProviderError
 from promptrun.providers.clients import ClientCache
 from promptrun.providers.errors import ExtractionFailed, from_openai_error
-from promptrun.providers.keys import api_key_for
-from promptrun.settings import Settings
+from promptrun.providers.keys import KeyedProvider
 
 # Params sent to the API as they are in the catalogue.
 ANSWER_PARAMS = (
@@ -84,22 +83,8 @@ def extraction_params(params: dict[str, Any], base_url: str | None = None) -> di
     return out
 
 
-class OpenAIProvider:
+class OpenAIProvider(KeyedProvider):
     name = "openai"
-
-    def __init__(self, settings: Settings, api_key: str | None = None) -> None:
-        self.settings = settings
-        self._api_key = api_key
-
-    def _key(self, call: ModelCall) -> str:
-        if self._api_key is not None:
-            return self._api_key
-        return api_key_for(
-            "openai",
-            self.settings,
-            base_url=call.base_url,
-            key_name=call.params.get("api_key_name"),
-        )
 
     def _create(self, call: ModelCall, **kwargs: Any) -> Any:
         key = self._key(call)

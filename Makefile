@@ -43,7 +43,7 @@ up: venv ## start PostgreSQL and moto (server mode) for local runs
 
 down: ## stop what `make up` started
 	@if [ -x $(VENV)/bin/promptrun ]; then $(VENV)/bin/promptrun local down; fi
-	-@pkill -f 'sam local start-' 2>/dev/null || true
+	-@pkill -f '[s]am local start-' 2>/dev/null || true
 
 .PHONY: demo
 demo: up ## the whole pipeline locally: fan-out, poller + processor, status summary

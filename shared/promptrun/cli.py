@@ -198,6 +198,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from promptrun.jobs import cancel_batch
+    from promptrun.schedule import validate_batch_key
+
+    with _engine().begin() as conn:
+        count = cancel_batch(conn, validate_batch_key(args.batch_key), args.model)
+    print(f"{count} queued jobs of {args.batch_key} cancelled")
+    return 0
+
+
 def cmd_local(args: argparse.Namespace) -> int:
     from promptrun.local import stack
 
@@ -270,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--interval", type=float, default=3)
     watch.add_argument("--timeout", type=float, default=3600)
     watch.set_defaults(func=cmd_watch)
+    cancel = sub.add_parser("cancel", help="cancel a batch's jobs that have not started")
+    cancel.add_argument("batch_key")
+    cancel.add_argument("--model", help="only this model's jobs")
+    cancel.set_defaults(func=cmd_cancel)
     local = sub.add_parser("local", help="start or stop the local PostgreSQL and moto")
     local.add_argument("action", choices=["up", "down"])
     local.set_defaults(func=cmd_local)

@@ -475,3 +475,30 @@ def test_job_of_a_model_disabled_after_fanout_is_skipped(
     row = one_job(engine)
     assert (row["status"], row["error_kind"]) == ("skipped", "config")
     assert "disabled" in row["error_message"] and row["finished_at"] is not None
+
+
+def test_cancelled_jobs_are_never_run(
+    engine: Engine,
+    settings: Settings,
+    sqs: Any,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from promptrun.cli import main
+    from promptrun.settings import get_settings
+
+    single_job_catalog(engine, runs=3)
+    fan_out(engine, settings)
+    msgs = receive_all(sqs, settings.jobs_queue_url)
+    runner = JobRunner(engine, settings, None)
+    assert runner.handle(msgs[0]["Body"], None) == Outcome.SUCCEEDED
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    get_settings.cache_clear()
+    try:
+        assert main(["cancel", "2026-11-22"]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert "2 queued jobs of 2026-11-22 cancelled" in capsys.readouterr().out
+    assert [runner.handle(m["Body"], None) for m in msgs[1:]] == [Outcome.SKIPPED, Outcome.SKIPPED]
+    assert statuses(engine) == {"succeeded": 1, "cancelled": 2}

@@ -53,6 +53,7 @@ CursorQuery = Annotated[
 ]
 BatchKeyPath = Annotated[str, Path(pattern=BATCH_KEY_RE.pattern, max_length=64)]
 
+
 class ErrorBody(BaseModel):
     statusCode: int
     message: str

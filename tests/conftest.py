@@ -112,9 +112,8 @@ def sync(engine: Engine, yaml_text: str) -> None:
     sync_catalog(engine, load_catalog(yaml_text))
 
 
-@pytest.fixture
-def small_catalog(engine: Engine) -> str:
-    text = """
+# Two offline models, a daily prompt on both (2 runs) and an hourly one on alpha: 5 jobs.
+SMALL_CATALOG = """
 models:
   - {slug: alpha, provider: offline, model: alpha-1, price_per_mtok: {input: 1.0, output: 2.0}}
   - {slug: beta, provider: offline, model: beta-1}
@@ -122,6 +121,11 @@ prompts:
   - {slug: crm, text: "What are the best CRM tools?", schedule: daily, runs: 2}
   - {slug: laptops, text: "Which laptops do developers like?", schedule: hourly, runs: 1, models: [alpha]}
 """
+
+
+@pytest.fixture
+def small_catalog(engine: Engine) -> str:
+    text = SMALL_CATALOG
     sync(engine, text)
     return text
 

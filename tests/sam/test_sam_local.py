@@ -24,7 +24,7 @@ from promptrun.aws import JobQueue
 from promptrun.fanout import FanoutRequest, run_fanout
 from promptrun.processor import JobRunner
 from promptrun.settings import Settings
-from tests.conftest import sync
+from tests.conftest import SMALL_CATALOG, sync
 from tests.sam.conftest import (
     API_TOKEN,
     EVENTS,
@@ -161,14 +161,7 @@ prompts:
 
 # --- the status API: sam local start-api ------------------------------------------------------
 
-API_CATALOG = """
-models:
-  - {slug: alpha, provider: offline, model: alpha-1, price_per_mtok: {input: 1.0, output: 2.0}}
-  - {slug: beta, provider: offline, model: beta-1}
-prompts:
-  - {slug: crm, text: "What are the best CRM tools?", schedule: daily, runs: 2}
-  - {slug: laptops, text: "Which laptops do developers like?", schedule: hourly, runs: 1, models: [alpha]}
-"""
+API_CATALOG = SMALL_CATALOG
 DAILY, HOURLY = "2026-11-22", "2026-11-22T13"
 
 

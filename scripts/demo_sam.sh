@@ -176,7 +176,7 @@ from datetime import UTC, datetime
 
 import boto3
 from botocore.config import Config
-from promptrun.cli import scheduled_event
+from promptrun.local.events import scheduled_event
 
 endpoint, manual_key = sys.argv[1], sys.argv[2]
 event = {"batch_key": manual_key} if manual_key else scheduled_event(datetime.now(UTC))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from promptrun.errors import PromptrunError
+from promptrun.local.events import api_gateway_event, bearer, scheduled_event
 
 LOCAL_ROOT = Path(os.environ.get("PROMPTRUN_LOCAL_DIR", ".local"))
 
@@ -67,14 +68,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         event = scheduled_event(datetime.now(UTC))
     print(json.dumps(invoke("fanout", event), indent=2))
     return 0
-
-
-def scheduled_event(at: datetime) -> dict[str, Any]:
-    event = json.loads(
-        (Path(__file__).resolve().parents[2] / "events" / "scheduled_event.json").read_text()
-    )
-    event["time"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return event
 
 
 def _batch_finished(batch_keys: list[str]) -> bool:
@@ -140,41 +133,16 @@ def batch_summary(batch_key: str) -> dict[str, Any]:
     from promptrun.settings import get_settings
 
     token = get_settings().api_token or ""
-    event = api_event(
+    event = api_gateway_event(
         f"/batches/{batch_key}",
-        token,
-        path_params={"batch_key": batch_key},
         resource="/batches/{batch_key}",
+        path_params={"batch_key": batch_key},
+        headers=bearer(token),
     )
     resp = invoke("status", event)
     if resp["statusCode"] != 200:
         raise PromptrunError(f"status API answered {resp['statusCode']}: {resp['body']}")
     return dict(json.loads(resp["body"]))
-
-
-def api_event(
-    path: str,
-    token: str,
-    query: dict[str, str] | None = None,
-    path_params: dict[str, str] | None = None,
-    resource: str | None = None,
-) -> dict[str, Any]:
-    event = json.loads(
-        (Path(__file__).resolve().parents[2] / "events" / "apigw_get_batch.json").read_text()
-    )
-    event.update(
-        path=path,
-        resource=resource or path,
-        httpMethod="GET",
-        queryStringParameters=query or None,
-        multiValueQueryStringParameters={k: [v] for k, v in (query or {}).items()} or None,
-        pathParameters=path_params or None,
-    )
-    event["headers"] = {"Authorization": f"Bearer {token}"}
-    event["multiValueHeaders"] = {"Authorization": [f"Bearer {token}"]}
-    event["requestContext"]["path"] = path
-    event["requestContext"]["resourcePath"] = resource or path
-    return event
 
 
 def render_summary(s: dict[str, Any]) -> str:

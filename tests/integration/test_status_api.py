@@ -23,6 +23,8 @@ from sqlalchemy import Connection, Engine, insert, select
 from promptrun.api import app_from_settings, build_app
 from promptrun.db.engine import get_engine
 from promptrun.db.models import EntityMention, Model, Prompt, PromptJob, Response
+from promptrun.local.events import api_gateway_event
+from promptrun.local.lambda_runtime import LocalContext
 from promptrun.queries import encode_cursor
 from promptrun.settings import Settings, get_settings
 from tests.support.stack import MotoServer
@@ -44,12 +46,8 @@ JOB_FIELDS = {
 # --- helpers -----------------------------------------------------------------------------
 
 
-@dataclass
-class FakeContext:
-    function_name: str = "StatusFunction"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:StatusFunction"
-    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+def status_context() -> LocalContext:
+    return LocalContext("StatusFunction", timeout_seconds=29)
 
 
 def api_event(
@@ -58,24 +56,13 @@ def api_event(
     authorization: str | None = f"Bearer {TOKEN}",
     header_name: str = "Authorization",
 ) -> dict[str, Any]:
-    """events/apigw_list_jobs.json, re-pointed at another path, query and Authorization."""
-    event = json.loads((EVENTS / "apigw_list_jobs.json").read_text())
-    event["path"] = path
-    event["resource"] = path
-    event["requestContext"]["path"] = f"/Prod{path}"
-    event["requestContext"]["resourcePath"] = path
-    event["queryStringParameters"] = dict(query) if query else None
-    event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()} if query else None
-    for field in ("headers", "multiValueHeaders"):
-        event[field].pop("Authorization", None)
-    if authorization is not None:
-        event["headers"][header_name] = authorization
-        event["multiValueHeaders"][header_name] = [authorization]
-    return event
+    """A REST proxy event for GET `path`, with this query and Authorization header (if any)."""
+    headers = {header_name: authorization} if authorization is not None else {}
+    return api_gateway_event(path, query=query, headers=headers)
 
 
 def call(app: APIGatewayRestResolver, event: dict[str, Any]) -> tuple[int, Any, dict[str, Any]]:
-    response = app.resolve(event, FakeContext())  # type: ignore[arg-type]
+    response = app.resolve(event, status_context())  # type: ignore[arg-type]
     headers = {k.lower(): v for k, v in (response.get("multiValueHeaders") or {}).items()}
     headers.update({k.lower(): v for k, v in (response.get("headers") or {}).items()})
     return response["statusCode"], json.loads(response["body"]), headers
@@ -738,13 +725,13 @@ def test_lambda_handler_with_the_committed_events(status_handler: Any, rows: Row
     rows.conn.commit()
 
     event = json.loads((EVENTS / "apigw_get_batch.json").read_text())
-    response = status_handler(event, FakeContext())
+    response = status_handler(event, status_context())
     assert response["statusCode"] == 200
     assert json.loads(response["body"])["total"] == 6
 
     event = json.loads((EVENTS / "apigw_list_jobs.json").read_text())
     assert event["queryStringParameters"]["status"] == "failed"
-    response = status_handler(event, FakeContext())
+    response = status_handler(event, status_context())
     body = json.loads(response["body"])
     assert response["statusCode"] == 200
     assert {j["id"] for j in body["items"]} == {str(batch.ids["a2"]), str(batch.ids["b0"])}
@@ -752,4 +739,4 @@ def test_lambda_handler_with_the_committed_events(status_handler: Any, rows: Row
     anonymous = copy.deepcopy(event)
     for field in ("headers", "multiValueHeaders"):
         del anonymous[field]["Authorization"]
-    assert status_handler(anonymous, FakeContext())["statusCode"] == 401
+    assert status_handler(anonymous, status_context())["statusCode"] == 401

@@ -12,7 +12,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
 
 import boto3
 from sqlalchemy import create_engine, text
@@ -26,6 +25,7 @@ from promptrun.local.poller import sqs_event
 from promptrun.processor import JobRunner
 from promptrun.settings import Settings, get_settings
 from tests.support import stack
+from tests.support.sqs import receive_all
 
 PROMPTS, MODELS, RUNS = 50, 4, 5
 
@@ -40,19 +40,6 @@ def catalog(latency_ms: int = 0) -> str:
         for i in range(PROMPTS)
     )
     return f"models:\n{models}\nprompts:\n{prompts}\n"
-
-
-def drain(sqs: Any, url: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while msgs := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        out.extend(msgs)
-        sqs.delete_message_batch(
-            QueueUrl=url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)
-            ],
-        )
-    return out
 
 
 def main() -> None:
@@ -101,7 +88,7 @@ def main() -> None:
             f"fan-out re-run for the same period: {again.created} created, {again.existing} existing, {time.perf_counter() - t0:.2f} s"
         )
 
-        bodies = [m["Body"] for m in drain(sqs, queue_url)]
+        bodies = [m["Body"] for m in receive_all(sqs, queue_url, delete=True)]
         runner = JobRunner(engine, settings, None)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(10) as pool:

@@ -13,22 +13,14 @@ from promptrun.aws import JobQueue, SendResult
 from promptrun.errors import InputError
 from promptrun.fanout import FanoutRequest, create_jobs, parse_event, run_fanout, send_pending
 from promptrun.settings import Settings
+from tests.support.sqs import receive_all
 
 AT = datetime(2026, 11, 22, 13, 5, tzinfo=UTC)
 
 
 def drain(sqs: Any, queue_url: str) -> list[str]:
     """Every job id now on the queue (messages deleted as read)."""
-    ids: list[str] = []
-    while True:
-        msgs = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-        ).get("Messages", [])
-        if not msgs:
-            return ids
-        for m in msgs:
-            ids.append(json.loads(m["Body"])["job_id"])
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return [json.loads(m["Body"])["job_id"] for m in receive_all(sqs, queue_url, delete=True)]
 
 
 def job_rows(engine: Engine) -> list[tuple[Any, ...]]:

@@ -25,6 +25,7 @@ from promptrun.providers.base import Completion, ModelCall
 from promptrun.providers.offline import OfflineProvider
 from promptrun.settings import Settings
 from tests.conftest import sync
+from tests.support.sqs import receive_all
 
 AT = datetime(2026, 11, 22, 13, 5, tzinfo=UTC)
 
@@ -44,17 +45,6 @@ class CountingProvider(OfflineProvider):
 
 def fan_out(engine: Engine, settings: Settings, at: datetime = AT) -> None:
     run_fanout(engine, JobQueue(settings.jobs_queue_url or ""), FanoutRequest(at=at), settings)
-
-
-def receive_all(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        msgs = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-        ).get("Messages", [])
-        if not msgs:
-            return out
-        out.extend(msgs)
 
 
 def statuses(engine: Engine) -> Counter[str]:

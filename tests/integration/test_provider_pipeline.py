@@ -29,6 +29,8 @@ from sqlalchemy import Engine, text
 from promptrun.api import build_app
 from promptrun.aws import JobQueue
 from promptrun.fanout import FanoutRequest, run_fanout
+from promptrun.local.events import api_gateway_event, bearer
+from promptrun.local.lambda_runtime import LocalContext
 from promptrun.local.poller import LocalPoller
 from promptrun.observability import logger as powertools_logger
 from promptrun.processor import JobRunner, Outcome, RetryLater
@@ -36,6 +38,7 @@ from promptrun.settings import Settings
 from tests.conftest import sync, with_settings
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.fake_openai import DEFAULT_ANSWER, FakeOpenAI, Received, Reply
+from tests.support.sqs import receive_all
 from tests.support.stack import MotoServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,17 +193,6 @@ def fan_out(engine: Engine, settings: Settings) -> None:
     assert result.sent == result.created > 0
 
 
-def receive_all(sqs: Any, queue_url: str | None) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        msgs = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-        ).get("Messages", [])
-        if not msgs:
-            return out
-        out.extend(msgs)
-
-
 def runner(engine: Engine, settings: Settings) -> JobRunner:
     return JobRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
 
@@ -249,28 +241,12 @@ def assert_usage(row: dict[str, Any], usage: tuple[int, int], expected_cost: Dec
 # --- status API ------------------------------------------------------------------------------
 
 
-@dataclass
-class FakeContext:
-    function_name: str = "StatusFunction"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:StatusFunction"
-    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
-
-
 def api_get(
     app: APIGatewayRestResolver, token: str, path: str, resource: str, **query: str
 ) -> tuple[int, Any]:
-    """An API Gateway REST proxy event (events/apigw_get_batch.json re-pointed) resolved."""
-    event = json.loads((REPO / "events" / "apigw_get_batch.json").read_text())
-    event["path"] = path
-    event["resource"] = resource
-    event["requestContext"]["path"] = f"/Prod{path}"
-    event["requestContext"]["resourcePath"] = resource
-    event["queryStringParameters"] = dict(query) or None
-    event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()} or None
-    event["headers"]["Authorization"] = f"Bearer {token}"
-    event["multiValueHeaders"]["Authorization"] = [f"Bearer {token}"]
-    response = app.resolve(event, FakeContext())  # type: ignore[arg-type]
+    """GET `path` through the resolver, as API Gateway would hand it over."""
+    event = api_gateway_event(path, resource=resource, query=query, headers=bearer(token))
+    response = app.resolve(event, LocalContext("StatusFunction", 29))  # type: ignore[arg-type]
     return response["statusCode"], json.loads(response["body"])
 
 

@@ -146,7 +146,7 @@ def parse_json_text(text: str | None) -> Any:
             try:
                 return json.loads(body[start : end + 1])
             except json.JSONDecodeError:
-                pass
+                pass  # not JSON either: the error below names the first problem
         raise InvalidOutput(
             f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None

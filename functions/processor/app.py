@@ -21,24 +21,18 @@ settings = get_settings().require("database", "queue")
 batch = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-def _runner() -> JobRunner:
-    return JobRunner(get_engine(settings), settings, JobQueue(settings.jobs_queue_url or ""))
-
-
-async def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> str:
-    # Model calls are I/O waits: threads let one invocation wait on all its records at once.
-    return await asyncio.to_thread(
-        _runner().handle,
-        record.body,
-        record.receipt_handle,
-        lambda_context.get_remaining_time_in_millis,
-    )
-
-
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    runner = JobRunner(get_engine(settings), settings, JobQueue(settings.jobs_queue_url or ""))
+
+    async def record_handler(record: SQSRecord) -> str:
+        # Model calls are I/O waits: threads let one invocation wait on all its records at once.
+        return await asyncio.to_thread(
+            runner.handle, record.body, record.receipt_handle, context.get_remaining_time_in_millis
+        )
+
     return async_process_partial_response(
         event=event, record_handler=record_handler, processor=batch, context=context
     )

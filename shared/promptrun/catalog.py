@@ -211,11 +211,11 @@ def sync_catalog(engine: Engine, catalog: CatalogFile) -> SyncReport:
                 report,
             )
         session.flush()
-        ids = {m.slug: m.id for m in session.scalars(select(Model))}
+        rows = {m.slug: m for m in session.scalars(select(Model))}
         for entry in catalog.models:
             extractor = entry.extraction_model or catalog.extraction_model
-            wanted = ids[extractor] if extractor and extractor != entry.slug else None
-            row = session.scalars(select(Model).where(Model.slug == entry.slug)).one()
+            wanted = rows[extractor].id if extractor and extractor != entry.slug else None
+            row = rows[entry.slug]
             if row.extraction_model_id != wanted:
                 row.extraction_model_id = wanted
                 label = f"model {entry.slug}"

@@ -8,6 +8,7 @@ between insert and send loses nothing.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -124,10 +125,8 @@ def create_jobs(engine: Engine, request: FanoutRequest, settings: Settings) -> F
         prompts = _select(session, Prompt, request.prompts, "prompts")
         models = _select(session, Model, request.models, "models")
         rows: list[dict[str, Any]] = []
-        planned: dict[int, str] = {}
         for prompt in prompts:
             key = request.batch_key or batch_key(prompt.schedule, request.at)
-            planned[prompt.id] = key
             result.batches.setdefault(key, {"created": 0, "existing": 0})
             wanted = [
                 m for m in models if prompt.model_slugs is None or m.slug in prompt.model_slugs
@@ -163,9 +162,9 @@ def create_jobs(engine: Engine, request: FanoutRequest, settings: Settings) -> F
                 created_prompts.add(prompt_id)
             result.created += len(inserted)
         result.existing = len(rows) - result.created
+        planned_per_batch = Counter(r["batch_key"] for r in rows)
         for key, counts in result.batches.items():
-            total = sum(1 for r in rows if r["batch_key"] == key)
-            counts["existing"] = total - counts["created"]
+            counts["existing"] = planned_per_batch[key] - counts["created"]
         if created_prompts:
             session.execute(
                 update(Prompt).where(Prompt.id.in_(created_prompts)).values(last_run_at=request.at)

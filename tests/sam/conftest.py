@@ -319,7 +319,7 @@ class LocalApi:
                 requests.get(f"{self.base_url}/openapi.json", timeout=(2, 60))
                 return
             except requests.ConnectionError:
-                pass
+                pass  # not listening yet: poll again until the deadline
             if time.monotonic() > deadline:
                 raise RuntimeError(f"sam did not listen within {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.5)

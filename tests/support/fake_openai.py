@@ -76,6 +76,7 @@ class FakeHTTPServer:
         self.default_delay = 0.0  # seconds every unscripted reply waits (a slow model)
         self.in_flight = 0  # requests received and not yet answered
         self.peak_in_flight = 0
+        self.abandoned = 0  # answers the client no longer waited for (it timed out)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -93,7 +94,7 @@ class FakeHTTPServer:
             do_DELETE = do_POST
 
             def log_message(self, format: str, *args: Any) -> None:
-                pass
+                return  # quiet: the tests read `requests`, not a request log
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -139,6 +140,7 @@ class FakeHTTPServer:
             self._script.clear()
             self.requests.clear()
             self.peak_in_flight = self.in_flight
+            self.abandoned = 0
         return self
 
     @property
@@ -211,7 +213,8 @@ class FakeHTTPServer:
             handler.end_headers()
             handler.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timed out) before the answer
+            with self._lock:
+                self.abandoned += 1
 
 
 def openai_error_body(message: str, etype: str, code: str | None = None) -> dict[str, Any]:

@@ -155,25 +155,20 @@ class JobRunner:
         }
         if job.attempt > job.max_attempts:
             # Rescued after its last attempt's worker died: no attempts left.
-            with self.engine.begin() as conn:
-                jobs.fail_job(
-                    conn,
-                    job,
-                    error_kind=ErrorKind.ATTEMPTS_EXHAUSTED,
-                    error_message=f"no attempts left ({job.max_attempts}) after an expired lease",
-                )
-            return Outcome.FAILED
+            return self._end_unrun(
+                job,
+                ErrorKind.ATTEMPTS_EXHAUSTED,
+                f"no attempts left ({job.max_attempts}) after an expired lease",
+                JobStatus.FAILED,
+            )
         if not job.model_enabled:
             # Disabled in the catalogue after the fan-out: not run, and said so.
-            with self.engine.begin() as conn:
-                jobs.fail_job(
-                    conn,
-                    job,
-                    error_kind=ErrorKind.CONFIG,
-                    error_message=f"model {job.model_slug} is disabled in the catalogue",
-                    status=JobStatus.SKIPPED,
-                )
-            return Outcome.SKIPPED
+            return self._end_unrun(
+                job,
+                ErrorKind.CONFIG,
+                f"model {job.model_slug} is disabled in the catalogue",
+                JobStatus.SKIPPED,
+            )
         spent = jobs.Usage()
         try:
             return self._call_and_store(job, remaining_ms, log, spent)
@@ -193,6 +188,14 @@ class JobRunner:
                 spent,
                 retryable=True,
             )
+
+    def _end_unrun(
+        self, job: ClaimedJob, kind: ErrorKind, message: str, status: JobStatus
+    ) -> Outcome:
+        """Finish a claimed job without calling the model."""
+        with self.engine.begin() as conn:
+            jobs.fail_job(conn, job, error_kind=kind, error_message=message, status=status)
+        return Outcome.SKIPPED if status == JobStatus.SKIPPED else Outcome.FAILED
 
     def _timeout(self, remaining_ms: Callable[[], int] | None, params: dict[str, Any]) -> float:
         wanted = float(params.get("timeout", DEFAULT_CALL_TIMEOUT))

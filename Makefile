@@ -44,6 +44,7 @@ up: venv ## start PostgreSQL and moto (server mode) for local runs
 down: ## stop what `make up` started
 	@if [ -x $(VENV)/bin/promptrun ]; then $(VENV)/bin/promptrun local down; fi
 	-@pkill -f '[s]am local start-' 2>/dev/null || true
+	@if command -v podman >/dev/null 2>&1; then scripts/container_engine.sh --stop-anchor; fi
 
 .PHONY: demo
 demo: up ## the whole pipeline locally: fan-out, poller + processor, status summary
@@ -55,7 +56,8 @@ demo-sam: up sam-cli ## the demo with all three functions in Lambda containers (
 	SAM=$(abspath $(SAM)) scripts/demo_sam.sh
 
 .PHONY: engine
-engine: ## a container engine (Docker, else Podman) and the Lambda image for sam local
+engine: ## a container engine (Docker, else Podman), the Lambda image and its network for sam local
+	@mkdir -p $(LOCAL)
 	scripts/container_engine.sh > $(LOCAL)/engine.env
 
 .PHONY: validate build
@@ -74,14 +76,8 @@ lint: venv ## ruff and mypy
 test-unit: venv ## unit and integration tests only (no containers): the inner loop
 	$(VENV)/bin/pytest -q -n 2 -m 'not sam' tests/unit tests/integration
 
-test: venv sam-cli ## everything: lint, sam validate/build, unit, integration and SAM container tests
-	@mkdir -p $(LOCAL)
-	$(VENV)/bin/ruff check .
-	$(SAM) validate --lint
-	$(SAM) build --cached --parallel
-	$(VENV)/bin/pytest -q -n 2 -m 'not sam' tests/unit tests/integration
-	scripts/container_engine.sh > $(LOCAL)/engine.env
-	source $(LOCAL)/engine.env && SAM=$(abspath $(SAM)) $(VENV)/bin/pytest -q -m sam tests/sam
+test: venv sam-cli ## everything: lint, sam validate/build, engine + network check, unit, integration and SAM container tests
+	VENV=$(VENV) SAM=$(abspath $(SAM)) scripts/test.sh
 
 .PHONY: bench
 bench: venv ## benchmarks that print figures

@@ -13,6 +13,16 @@
 # * The local image localhost/lambda-python:3.13 is built once per machine from a
 #   debootstrapped Debian trixie (Python 3.13) plus awslambdaric, the way AWS
 #   documents alternative base images.
+# * The engine's default bridge network is brought up now and kept up by a small
+#   per-checkout "anchor" container: Podman (netavark) creates the bridge, its address
+#   and its firewall rules when the first container starts and removes them when the
+#   last one stops, so without the anchor every Lambda container would race that set-up.
+#   The bridge's gateway address is printed as PROMPTRUN_CONTAINER_BRIDGE_ADDR, for
+#   services that containers must reach.
+#
+#     scripts/container_engine.sh --reach PORT   # after the above: prove that a Lambda
+#         # container reaches this machine's PORT (e.g. PostgreSQL) before any test runs
+#     scripts/container_engine.sh --stop-anchor  # stop this checkout's anchor container
 #
 # Idempotent: a second run changes nothing and takes seconds. Needs root for the
 # Podman path (apt-get, /etc/containers, /run/podman). Progress goes to stderr.
@@ -50,6 +60,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 # ---------------------------------------------------------------- docker path
 docker_answers() {
 	[[ "${PROMPTRUN_FORCE_PODMAN:-0}" == 1 ]] && return 1
+	# A DOCKER_HOST that is our own Podman socket (from an earlier run's exports) is Podman.
+	[[ "${DOCKER_HOST:-}" == "unix://$PODMAN_SOCKET" ]] && return 1
 	have docker || return 1
 	timeout 15 docker info >/dev/null 2>&1
 }
@@ -349,8 +361,96 @@ choose_image() {
 	log "Lambda image: $IMAGE"
 }
 
+# ---------------------------------------------------------------- network
+# One anchor per checkout, so that two checkouts never stop each other's.
+ANCHOR="promptrun-net-anchor-$(printf '%s' "$REPO_ROOT" | sha256sum | cut -c1-10)"
+REACH_TIMEOUT="${PROMPTRUN_REACH_TIMEOUT:-60}"
+
+engine_cli() {
+	# The CLI that talks to the engine chosen below (DOCKER_HOST is exported for docker).
+	if [[ "$ENGINE" == podman ]]; then podman "$@"; else docker "$@"; fi
+}
+
+host_name_for_containers() {
+	if [[ "$ENGINE" == podman ]]; then echo host.containers.internal; else echo host.docker.internal; fi
+}
+
+ensure_network_anchor() {
+	[[ "$ENGINE" == podman ]] || return 0 # Docker's bridge is permanent
+	local state
+	state="$(podman container inspect --format '{{.State.Running}}' "$ANCHOR" 2>/dev/null || true)"
+	[[ "$state" == true ]] && return 0
+	[[ -n "$state" ]] && podman rm -f "$ANCHOR" >/dev/null 2>&1
+	log "bringing up the container network (anchor container $ANCHOR)"
+	podman run -d --name "$ANCHOR" --label "promptrun.checkout=$REPO_ROOT" \
+		--entrypoint sleep "$IMAGE" infinity >/dev/null ||
+		die "could not start the network anchor container $ANCHOR from $IMAGE"
+}
+
+bridge_gateway() {
+	local gw=""
+	if [[ "$ENGINE" == podman ]]; then
+		gw="$(podman network inspect podman --format '{{range .Subnets}}{{.Gateway}} {{end}}' 2>/dev/null | awk '{print $1}')"
+	else
+		gw="$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}' 2>/dev/null | awk '{print $1}')"
+	fi
+	printf '%s' "$gw"
+}
+
+reach() {
+	# A throwaway container of the Lambda image connects to PORT on this machine under
+	# the name Lambda containers use; bounded, and it says how long the path took.
+	local port="$1" host
+	host="$(host_name_for_containers)"
+	local extra=()
+	[[ "$ENGINE" == docker ]] && extra=(--add-host "host.docker.internal:host-gateway")
+	log "checking that a Lambda container reaches $host:$port"
+	local out
+	if ! out="$(engine_cli run --rm "${extra[@]}" --entrypoint python3 "$IMAGE" -c '
+import socket, sys, time
+host, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+start = time.monotonic()
+last = None
+while time.monotonic() - start < limit:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        print("%.1f" % (time.monotonic() - start)); sys.exit(0)
+    except OSError as exc:
+        last = exc
+        time.sleep(0.25)
+print("%s:%d unreachable for %.0f s: %s" % (host, port, limit, last)); sys.exit(1)
+' "$host" "$port" "$REACH_TIMEOUT" 2>&1)"; then
+		die "a Lambda container cannot reach this machine's port $port as $host: ${out##*$'\n'}
+  (is the service listening on the container bridge address $(bridge_gateway)?)"
+	fi
+	log "a Lambda container reached $host:$port after ${out##*$'\n'} s"
+}
+
 # ---------------------------------------------------------------- main
 IMAGE=""
+ENGINE=""
+MODE="setup"
+REACH_PORT=""
+case "${1:-}" in
+"") ;;
+--reach)
+	MODE="reach"
+	REACH_PORT="${2:-}"
+	[[ "$REACH_PORT" =~ ^[0-9]+$ ]] || die "usage: $0 --reach PORT"
+	;;
+--stop-anchor) MODE="stop-anchor" ;;
+*) die "unknown argument ${1}; usage: $0 [--reach PORT | --stop-anchor]" ;;
+esac
+
+if [[ "$MODE" == stop-anchor ]]; then
+	# Only ever this checkout's own container, by its name.
+	if have podman && podman container exists "$ANCHOR" 2>/dev/null; then
+		podman rm -f -t 0 "$ANCHOR" >/dev/null 2>&1 || true
+		log "stopped the network anchor $ANCHOR"
+	fi
+	exit 0
+fi
+
 if docker_answers; then
 	HOST="$(docker_host_value)"
 	log "a Docker daemon answers ($HOST)"
@@ -366,5 +466,18 @@ else
 	HOST="unix://$PODMAN_SOCKET"
 	choose_image podman
 fi
+export DOCKER_HOST="$HOST"
+ENGINE=podman
+[[ "$HOST" == "unix://$PODMAN_SOCKET" ]] || ENGINE=docker
 
-printf 'export DOCKER_HOST=%q; export PROMPTRUN_LAMBDA_IMAGE=%q\n' "$HOST" "$IMAGE"
+ensure_network_anchor
+if [[ "$MODE" == reach ]]; then
+	reach "$REACH_PORT"
+	exit 0
+fi
+BRIDGE="$(bridge_gateway)"
+[[ -n "$BRIDGE" ]] || die "could not read the gateway address of the $ENGINE default network"
+log "containers reach this machine through $BRIDGE ($(host_name_for_containers))"
+
+printf 'export DOCKER_HOST=%q; export PROMPTRUN_LAMBDA_IMAGE=%q; export PROMPTRUN_CONTAINER_BRIDGE_ADDR=%q\n' \
+	"$HOST" "$IMAGE" "$BRIDGE"

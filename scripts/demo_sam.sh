@@ -57,6 +57,9 @@ else
 		SAM_ENGINE_ARGS+=(--add-host host.docker.internal:host-gateway)
 fi
 say "container engine at $DOCKER_HOST, image $PROMPTRUN_LAMBDA_IMAGE; containers reach this machine as $HOST_NAME"
+# Proof that a container reaches the demo's PostgreSQL before anything is started.
+PG_PORT="$("$PY" -c 'import os; from sqlalchemy.engine import make_url; print(make_url(os.environ["DATABASE_URL"]).port)')"
+scripts/container_engine.sh --reach "$PG_PORT"
 
 # ------------------------------------------------------------ build, catalogue, env
 say "sam build"

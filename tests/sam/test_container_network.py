@@ -1,0 +1,43 @@
+"""The engine set-up's readiness check: a Lambda container either reaches a port on this
+machine, or the set-up stops with a message that names the port and the address."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.sam.conftest import REPO, ContainerEngine
+from tests.support import stack
+
+pytestmark = pytest.mark.sam
+
+
+def _reach(port: int, timeout_s: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "scripts" / "container_engine.sh"), "--reach", str(port)],
+        env={**os.environ, "PROMPTRUN_REACH_TIMEOUT": str(timeout_s)},
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_a_lambda_container_reaches_the_tests_postgresql(
+    container_engine: ContainerEngine, pg: Any
+) -> None:
+    done = _reach(pg.port, 30)
+    assert done.returncode == 0, done.stderr
+    assert f"reached {container_engine.host_name}:{pg.port}" in done.stderr
+
+
+def test_an_unreachable_port_stops_the_set_up_with_the_reason(
+    container_engine: ContainerEngine,
+) -> None:
+    port = stack.free_port()  # nothing listens there
+    done = _reach(port, 2)
+    assert done.returncode != 0
+    assert f"cannot reach this machine's port {port} as {container_engine.host_name}" in done.stderr
+    assert "unreachable for 2 s" in done.stderr

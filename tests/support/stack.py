@@ -90,7 +90,7 @@ def drop_database(pg: postgres.LocalPostgres, name: str) -> None:
 
 
 def url_for(pg: postgres.LocalPostgres, database: str, host: str = "127.0.0.1") -> str:
-    return pg.url(database, host=host)
+    return pg.app_url(database, host=host)
 
 
 class MotoServer:

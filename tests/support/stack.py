@@ -33,6 +33,11 @@ def start_postgres() -> postgres.LocalPostgres:
     if "PROMPTRUN_PG_PORT" in os.environ:
         return postgres.ensure_running(root, int(os.environ["PROMPTRUN_PG_PORT"]))
     port = 54329
+    pid_file = root / "data" / "postmaster.pid"
+    lines = pid_file.read_text().splitlines() if pid_file.exists() else []
+    if len(lines) > 3 and lines[3].strip().isdigit():
+        # This checkout's server is up: keep its port, whoever holds 54329 now.
+        return postgres.ensure_running(root, int(lines[3]))
     if not postgres.port_owner_is(root, port):
         # Another checkout's server holds the usual port: this checkout takes one of its own,
         # derived from its path so that every test worker agrees on it.

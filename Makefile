@@ -18,12 +18,26 @@ export SAM_CLI_TELEMETRY := 0
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml requirements-dev.txt
+# One lock for everything: the venv installs exactly requirements.lock (with hashes), then the
+# project itself without resolving anything; the layer's shared/requirements.txt is its subset.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or set PYTHON313"; exit 1; }
 	test -x $(PY) || $(PYTHON313) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[providers]' -r requirements-dev.txt
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
+
+LOCK_TARGET := --generate-hashes --python-version 3.13 --python-platform x86_64-manylinux_2_28
+# The Lambda runtime's own (boto3 and what only it needs): never shadowed by the layer.
+LAYER_EXCLUDES := boto3 botocore s3transfer jmespath urllib3
+
+.PHONY: lock
+lock: venv ## re-pin requirements.lock and the layer's subset (UPGRADE=--upgrade to move versions)
+	$(VENV)/bin/uv pip compile -q $(LOCK_TARGET) $(UPGRADE) pyproject.toml --extra providers \
+		requirements-dev.txt -o requirements.lock
+	$(VENV)/bin/uv pip compile -q $(LOCK_TARGET) shared/requirements.in -c requirements.lock \
+		$(addprefix --no-emit-package ,$(LAYER_EXCLUDES)) -o shared/requirements.txt
 
 $(SAM_VENV)/.installed:
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found"; exit 1; }

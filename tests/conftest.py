@@ -13,10 +13,11 @@ from typing import Any
 
 import boto3
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 
 from promptrun import aws
 from promptrun.catalog import load_catalog, sync_catalog
+from promptrun.db.engine import engine_for_url
 from promptrun.settings import Settings
 from tests.support import stack
 
@@ -47,7 +48,7 @@ def db_url(pg: Any, database: str) -> str:
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = create_engine(db_url, pool_size=20, max_overflow=10)
+    eng = engine_for_url(db_url, pool_size=20, max_overflow=10)
     yield eng
     eng.dispose()
 

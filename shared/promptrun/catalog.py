@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from promptrun.db.engine import session_scope
 from promptrun.db.models import Model, Prompt
 from promptrun.errors import InputError
+from promptrun.providers.keys import model_key_problem
 
 PROVIDERS = ("openai", "anthropic", "bedrock", "offline")
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,199}$"
@@ -133,6 +134,9 @@ def _check_references(catalog: CatalogFile, source: str) -> None:
     if catalog.extraction_model and catalog.extraction_model not in model_slugs:
         problems.append(f"extraction_model: unknown model slug {catalog.extraction_model!r}")
     for i, model in enumerate(catalog.models):
+        leak = model_key_problem(model.provider, model.base_url, model.params)
+        if leak:
+            problems.append(f"models[{i}] ({model.slug}).{leak[0]}: {leak[1]}")
         if model.extraction_model and model.extraction_model not in model_slugs:
             problems.append(
                 f"models[{i}] ({model.slug}).extraction_model: unknown model slug {model.extraction_model!r}"

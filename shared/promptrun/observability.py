@@ -6,9 +6,12 @@ import warnings
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
+from promptrun.log_redaction import RedactingFormatter
+
 SERVICE = "promptrun"
 
-logger = Logger(service=SERVICE)
+# Every line through `scrub`: a key inside an exception's text never reaches the logs.
+logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
 tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace="Promptrun", service=SERVICE)
 

@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import boto3
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from promptrun import aws, jobs
 from promptrun.aws import JobQueue
 from promptrun.catalog import load_catalog, sync_catalog
+from promptrun.db.engine import engine_for_url
 from promptrun.fanout import FanoutRequest, create_jobs, send_pending
 from promptrun.local.lambda_runtime import LocalContext, load_handler
 from promptrun.local.poller import sqs_event
@@ -57,7 +58,7 @@ def main() -> None:
     db = stack.create_test_database(pg, template)
     try:
         url = stack.url_for(pg, db)
-        engine = create_engine(url, pool_size=20)
+        engine = engine_for_url(url, pool_size=20)
         sqs = boto3.client("sqs")
         queue_url = sqs.create_queue(QueueName=f"bench-{uuid.uuid4().hex[:6]}")["QueueUrl"]
         settings = Settings(

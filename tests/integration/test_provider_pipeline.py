@@ -149,13 +149,13 @@ def keyed(settings: Settings) -> Settings:
 def model_entry(
     fakes: Fakes, provider: str, slug: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    params = {"api_key_name": provider, **extra.pop("params", {})}
+    params = {"api_key_name": provider, "api_key_host": "127.0.0.1", **extra.pop("params", {})}
     prices = OPENAI_PRICES if provider == "openai" else ANTHROPIC_PRICES
     return {
         "slug": slug or provider,
         "provider": provider,
         "model": f"{provider}-fake-1",
-        # A custom base_url gets no key unless the model names one (api_key_name).
+        # A custom base_url gets no key unless the model names the key and the host.
         "base_url": fakes.of(provider).base_url,
         "params": params,
         "price_per_mtok": {"input": float(prices[0]), "output": float(prices[1])},
@@ -302,7 +302,8 @@ def test_pipeline_end_to_end_against_the_openai_protocol_server(
         assert request.path == "/v1/chat/completions"
         assert request.headers["authorization"] == f"Bearer {OPENAI_KEY}"
         assert request.body["model"] == "openai-fake-1"
-        assert "api_key_name" not in request.body  # a job-level param, never sent
+        # Job-level params, never sent.
+        assert "api_key_name" not in request.body and "api_key_host" not in request.body
     answers = [r.body for r in server.requests if not server.is_extraction(r)]
     assert all(b["messages"] == [{"role": "user", "content": PROMPT}] for b in answers)
     extractions = [r.body for r in server.requests if server.is_extraction(r)]

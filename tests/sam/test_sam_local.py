@@ -18,9 +18,10 @@ from typing import Any
 import boto3
 import pytest
 import requests
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from promptrun.aws import JobQueue
+from promptrun.db.engine import engine_for_url
 from promptrun.fanout import FanoutRequest, run_fanout
 from promptrun.processor import JobRunner
 from promptrun.settings import Settings
@@ -192,7 +193,7 @@ def api_data(
 ) -> ApiData:
     """Fan-out and processing in this process: the API under test only reads."""
     url = stack.url_for(pg, api_database)
-    engine = create_engine(url)
+    engine = engine_for_url(url)
     try:
         sync(engine, API_CATALOG)
         sqs = boto3.client("sqs", endpoint_url=moto_server.endpoint)

@@ -33,6 +33,11 @@ def start_postgres() -> postgres.LocalPostgres:
     if "PROMPTRUN_PG_PORT" in os.environ:
         return postgres.ensure_running(root, int(os.environ["PROMPTRUN_PG_PORT"]))
     port = 54329
+    pid_file = root / "data" / "postmaster.pid"
+    lines = pid_file.read_text().splitlines() if pid_file.exists() else []
+    if len(lines) > 3 and lines[3].strip().isdigit():
+        # This checkout's server is up: keep its port, whoever holds 54329 now.
+        return postgres.ensure_running(root, int(lines[3]))
     if not postgres.port_owner_is(root, port):
         # Another checkout's server holds the usual port: this checkout takes one of its own,
         # derived from its path so that every test worker agrees on it.
@@ -90,7 +95,7 @@ def drop_database(pg: postgres.LocalPostgres, name: str) -> None:
 
 
 def url_for(pg: postgres.LocalPostgres, database: str, host: str = "127.0.0.1") -> str:
-    return pg.url(database, host=host)
+    return pg.app_url(database, host=host)
 
 
 class MotoServer:

@@ -402,9 +402,15 @@ def test_a_secret_that_cannot_be_read_is_classified(monkeypatch: pytest.MonkeyPa
 def test_custom_base_url_gets_a_placeholder_not_another_hosts_key() -> None:
     settings = Settings(provider_keys={"openai": "sk-env-openai-123456"})
     assert api_key_for("openai", settings, base_url="http://localhost:11434/v1") == PLACEHOLDER_KEY
-    # ...unless the model asks for a key by name.
+    # ...unless the model asks for a key by name, for that host.
     assert (
-        api_key_for("openai", settings, base_url="http://proxy:8080/v1", key_name="openai")
+        api_key_for(
+            "openai",
+            settings,
+            base_url="https://proxy.example.test/v1",
+            key_name="openai",
+            key_host="proxy.example.test",
+        )
         == "sk-env-openai-123456"
     )
 
@@ -440,7 +446,11 @@ def test_provider_error_messages_stay_short() -> None:
 def test_a_key_name_only_the_secret_can_hold_says_so() -> None:
     with pytest.raises(ProviderError) as info:
         api_key_for(
-            "openai", Settings(), base_url="https://api.together.test/v1", key_name="together"
+            "openai",
+            Settings(),
+            base_url="https://api.together.test/v1",
+            key_name="together",
+            key_host="api.together.test",
         )
     assert info.value.kind is ErrorKind.CONFIG
     assert "'together'" in info.value.message and "PROVIDER_SECRETS_ARN" in info.value.message

@@ -39,7 +39,7 @@ def make_call(server: FakeAnthropic, timeout: float = 5.0, **params: Any) -> Mod
     return ModelCall(
         provider_model="claude-test",
         base_url=server.base_url,
-        params={"api_key_name": "anthropic", **params},
+        params={"api_key_name": "anthropic", "api_key_host": "127.0.0.1", **params},
         timeout_seconds=timeout,
     )
 

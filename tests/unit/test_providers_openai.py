@@ -35,11 +35,12 @@ def provider() -> OpenAIProvider:
 
 
 def make_call(server: FakeOpenAI, timeout: float = 5.0, **params: Any) -> ModelCall:
-    # api_key_name: the fake server is a custom base_url, which gets no key unless asked.
+    # The fake server is a custom base_url, which gets no key unless the model names the key
+    # and the host.
     return ModelCall(
         provider_model="gpt-test",
         base_url=server.base_url,
-        params={"api_key_name": "openai", **params},
+        params={"api_key_name": "openai", "api_key_host": "127.0.0.1", **params},
         timeout_seconds=timeout,
     )
 
@@ -91,7 +92,14 @@ def test_answer_sends_messages_known_params_and_the_key(
         7,
     )
     assert body["top_k"] == 40  # extra_body, for vLLM / OpenRouter
-    for job_key in ("timeout", "simulate_error", "latency_ms", "structured_output", "api_key_name"):
+    for job_key in (
+        "timeout",
+        "simulate_error",
+        "latency_ms",
+        "structured_output",
+        "api_key_name",
+        "api_key_host",
+    ):
         assert job_key not in body
 
 
@@ -253,7 +261,7 @@ def test_connection_refused_is_a_connection_error(provider: OpenAIProvider) -> N
     call = ModelCall(
         "gpt-test",
         base_url=f"http://127.0.0.1:{port}/v1",
-        params={"api_key_name": "openai"},
+        params={"api_key_name": "openai", "api_key_host": "127.0.0.1"},
         timeout_seconds=2,
     )
     err = fail(provider.answer, call, "hi", None)

@@ -1,10 +1,22 @@
-"""The one engine factory. The URL comes from DATABASE_URL or the RDS secret."""
+"""The one engine factory. The URL comes from DATABASE_URL or the RDS secret.
+
+Every connection verifies the server's certificate and host name against the RDS CA bundle
+shipped beside this module (`rds-ca-bundle.pem`: RDS's global bundle and the Amazon roots
+RDS Proxy chains to) and never falls back to plaintext: a server that declines TLS is
+refused. The one exception is the local stack, and it is named: `sslmode=disable` in
+DATABASE_URL, accepted only for a local host (loopback, or the name a container uses for
+its host). `sslrootcert=/path.pem` in DATABASE_URL trusts another CA bundle instead.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
@@ -15,6 +27,66 @@ from promptrun.settings import Settings
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+
+RDS_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
+# Hosts the local stack's plaintext PostgreSQL is reached by: this machine, or this machine
+# as seen from a Lambda container (Podman, Docker).
+LOCAL_HOST_NAMES = {"localhost", "host.containers.internal", "host.docker.internal"}
+SSLMODES = ("verify-full", "disable")
+
+
+def is_local_host(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.lower().strip("[]")
+    if host in LOCAL_HOST_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(ca_file: Path = RDS_CA_BUNDLE) -> ssl.SSLContext:
+    """Certificate and host name verified against `ca_file`, TLS 1.2 at least."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot read the database CA bundle {ca_file}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def connect_args_for(url: URL) -> tuple[URL, dict[str, Any]]:
+    """The URL pg8000 gets (TLS options taken out of its query) and its connect arguments."""
+    query = dict(url.query)
+    sslmode = str(query.pop("sslmode", "verify-full"))
+    rootcert = query.pop("sslrootcert", None)
+    plain = url.set(query=query)
+    if sslmode not in SSLMODES:
+        raise ConfigError(
+            f"DATABASE_URL sslmode must be verify-full, or disable for a local host; got {sslmode!r}"
+        )
+    args: dict[str, Any] = {"timeout": 10}
+    if sslmode == "disable":
+        if not is_local_host(url.host):
+            # Never echo the URL: it carries the password.
+            raise ConfigError(
+                f"DATABASE_URL sslmode=disable is only accepted for a local host, not {url.host!r}"
+            )
+        args["ssl_context"] = False
+        return plain, args
+    args["ssl_context"] = tls_context(Path(str(rootcert)) if rootcert else RDS_CA_BUNDLE)
+    return plain, args
+
+
+def engine_for_url(url: URL | str, **engine_args: Any) -> Engine:
+    """A new engine for `url` with the TLS policy above (tests and tools; the functions use
+    `get_engine`)."""
+    plain, connect_args = connect_args_for(make_url(url))
+    return create_engine(plain, connect_args=connect_args, **engine_args)
 
 
 def url_from_secret(secret: dict[str, object]) -> URL:
@@ -54,13 +126,12 @@ def get_engine(settings: Settings, pool_size: int = 10) -> Engine:
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = create_engine(
+            engine = engine_for_url(
                 url,
                 pool_size=pool_size,
                 max_overflow=2,
                 pool_pre_ping=True,
                 pool_recycle=300,
-                connect_args={"timeout": 10},
             )
             _engines[key] = engine
         return engine

@@ -41,6 +41,11 @@ class LocalPostgres:
         password = self.password_file.read_text().strip()
         return f"postgresql+pg8000://promptrun:{password}@{host}:{self.port}/{database}"
 
+    def app_url(self, database: str = "promptrun", host: str = "127.0.0.1") -> str:
+        """The URL promptrun's engine gets: this server is plaintext, and the URL says so
+        (the engine accepts that only for a local host)."""
+        return self.url(database, host) + "?sslmode=disable"
+
 
 def _bin(name: str) -> str:
     found = shutil.which(name)

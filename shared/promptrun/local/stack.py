@@ -54,7 +54,7 @@ def up(root: Path) -> dict[str, str]:
         token_file.write_text(secrets.token_urlsafe(24) + "\n")
         token_file.chmod(0o600)
     env = {
-        "DATABASE_URL": pg.url(),
+        "DATABASE_URL": pg.app_url(),
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

@@ -65,8 +65,9 @@ def register_secret(value: str | None) -> None:
             _known_secrets.add(value)
 
 
-def redact(text: str, secrets: Iterable[str | None] = (), limit: int = MESSAGE_LIMIT) -> str:
-    """`text` without secrets, on one line, at most `limit` characters."""
+def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with every registered secret, every one in `secrets` and anything shaped like a
+    key replaced by [redacted]; nothing else changed (log lines keep their tracebacks)."""
     with _secrets_lock:
         known = set(_known_secrets)
     known.update(s for s in secrets if s and len(s) >= 4)
@@ -77,7 +78,12 @@ def redact(text: str, secrets: Iterable[str | None] = (), limit: int = MESSAGE_L
             text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
         else:
             text = pattern.sub(REDACTED, text)
-    text = " ".join(text.split())
+    return text
+
+
+def redact(text: str, secrets: Iterable[str | None] = (), limit: int = MESSAGE_LIMIT) -> str:
+    """`text` without secrets, on one line, at most `limit` characters."""
+    text = " ".join(scrub(text, secrets).split())
     if len(text) > limit:
         text = text[: limit - 3].rstrip() + "..."
     return text

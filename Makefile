@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml requirements-dev.txt
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or set PYTHON313"; exit 1; }
 	test -x $(PY) || $(PYTHON313) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[providers]' -r requirements-dev.txt
+	$(PY) -m pip install -q -e '.[providers,cli]' -r requirements-dev.txt
 	touch $@
 
 $(SAM_VENV)/.installed:
@@ -41,9 +41,8 @@ up: venv ## start PostgreSQL and moto (server mode) for local runs
 	$(VENV)/bin/promptrun local up
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun db upgrade
 
-down: ## stop what `make up` started
+down: ## stop what this checkout started (by PID): moto, PostgreSQL, sam local
 	@if [ -x $(VENV)/bin/promptrun ]; then $(VENV)/bin/promptrun local down; fi
-	-@pkill -f '[s]am local start-' 2>/dev/null || true
 
 .PHONY: demo
 demo: up ## the whole pipeline locally: fan-out, poller + processor, status summary

@@ -116,6 +116,7 @@ stop_sam() {
 		kill -KILL -- "-$pid" 2>/dev/null || true
 	done
 	PIDS=()
+	rm -f "$LOCAL"/pids/sam-*.pid
 	# ... except a container it was still starting when stopped: remove those by their ids.
 	for id in $(grep -ho 'SAM_CONTAINER_ID: [0-9a-f]*' "${SAM_LOGS[@]}" 2>/dev/null | cut -d' ' -f2); do
 		engine_api DELETE "/containers/$id?force=true" >/dev/null || true
@@ -131,6 +132,8 @@ start_sam() { # command log port [function ids]: starts in its own process group
 	setsid "$SAM" local "$command" "$@" --template .aws-sam/build/template.yaml \
 		--host 127.0.0.1 --port "$port" --env-vars "$ENV_FILE" --warm-containers EAGER \
 		"${SAM_ENGINE_ARGS[@]}" >"$log" 2>&1 </dev/null &
+	# Recorded so that `make down` stops this one by its pid, never every sam on the machine.
+	mkdir -p "$LOCAL/pids" && echo $! >"$LOCAL/pids/sam-$command.pid"
 	echo $!
 }
 

@@ -212,8 +212,9 @@ def cmd_local(args: argparse.Namespace) -> int:
 
     if args.action == "up":
         env = stack.up(LOCAL_ROOT)
+        saved = stack.ports.saved(LOCAL_ROOT)
         print(
-            f"local stack up: PostgreSQL :{stack.PG_PORT}, moto {env['AWS_ENDPOINT_URL']}; source {LOCAL_ROOT}/env.sh"
+            f"local stack up: PostgreSQL :{saved.get('postgres')}, moto {env['AWS_ENDPOINT_URL']}; source {LOCAL_ROOT}/env.sh"
         )
     else:
         stack.down(LOCAL_ROOT)
@@ -246,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptrun", description="Run LLM prompts on a schedule.")
     sub = parser.add_subparsers(dest="command", required=True)
     db = sub.add_parser("db", help="database schema")
-    db.add_argument("action", choices=["upgrade"], help="upgrade: apply the migrations (safe to repeat)")
+    db.add_argument(
+        "action", choices=["upgrade"], help="upgrade: apply the migrations (safe to repeat)"
+    )
     db.set_defaults(func=cmd_db_upgrade)
     cat = sub.add_parser("catalog", help="validate or sync a catalogue file")
     cat.add_argument("action", choices=["check", "sync"], help="check: validate only; sync: upsert")

@@ -8,11 +8,13 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestUnsupportedContentType
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from promptrun import operator
 from promptrun.catalog import SLUG_PATTERN
+from promptrun.observability import logger
 from promptrun.schedule import BATCH_KEY_RE
 
 Sender = operator.Sender | None
@@ -55,10 +57,30 @@ def register(
     def not_found(exc: operator.NotFound) -> Response:
         return _error(404, str(exc))
 
+    @app.exception_handler(RequestUnsupportedContentType)
+    def unsupported_body(exc: RequestUnsupportedContentType) -> Response:
+        return _error(415, "the request body must be JSON (Content-Type: application/json)")
+
+    # Powertools' body parsing raises a bare ValueError for a malformed multipart header.
+    @app.exception_handler(ValueError)
+    def unparsable_body(exc: ValueError) -> Response:
+        event = app.current_event
+        content_type = (event.headers or {}).get("Content-Type") or (event.headers or {}).get(
+            "content-type", ""
+        )
+        if event.body and "json" not in str(content_type).lower():
+            return _error(415, "the request body must be JSON (Content-Type: application/json)")
+        logger.exception("status API request failed")
+        return _error(500, "internal error")
+
     @app.exception_handler(operator.Conflict)
     def conflict(exc: operator.Conflict) -> Response:
         return _error(409, str(exc))
 
+    with_body = {
+        **errors,
+        415: {**errors[404], "description": "a request body that is not JSON"},
+    }
     with_conflict = {
         **errors,
         409: {**errors[404], "description": "the job is in a state the action does not apply to"},
@@ -66,7 +88,7 @@ def register(
 
     @app.post(
         "/batches/<batch_key>/retry",
-        responses=errors,
+        responses=with_body,
         summary="retry a batch's failed, cancelled or skipped jobs (fresh attempts, sent now)",
     )
     def retry_batch(
@@ -84,7 +106,7 @@ def register(
 
     @app.post(
         "/batches/<batch_key>/cancel",
-        responses=errors,
+        responses=with_body,
         summary="cancel a batch's queued jobs; running ones finish their call, then stop",
     )
     def cancel_batch(

@@ -1,7 +1,8 @@
 """A real PostgreSQL server in a folder of the project's own (initdb/pg_ctl).
 
 PostgreSQL refuses to run as root; as root the server runs as the `postgres` account,
-which then owns the data folder.
+which then owns the data folder. It listens on loopback, plus the addresses given (or
+PROMPTRUN_LISTEN_EXTRA), e.g. the container bridge's for sam local.
 """
 
 from __future__ import annotations

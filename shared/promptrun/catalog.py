@@ -150,9 +150,21 @@ def load_catalog(text: str, source: str = "catalogue") -> CatalogFile:
                 if not (isinstance(x, str) and x.startswith(("literal[", "list[")))
             )
             problems.append(f"{_where(data, loc)}: {err['msg']}")
-        raise _problems_error(source, problems) from None
+        raise _problems_error(source, problems + _raw_param_problems(data)) from None
     _check_references(catalog, source)
     return catalog
+
+
+def _raw_param_problems(data: dict[str, Any]) -> list[str]:
+    """The params problems too, when other errors stopped the file's validation."""
+    out = []
+    models = data.get("models")
+    for i, model in enumerate(models if isinstance(models, list) else []):
+        if isinstance(model, dict) and isinstance(model.get("params"), dict):
+            slug = f" ({model['slug']})" if model.get("slug") else ""
+            for p in param_problems(str(model.get("provider")), model["params"]):
+                out.append(f"models[{i}]{slug}.params.{p.key}: {p.message}")
+    return out
 
 
 def _check_params_and_limits(catalog: CatalogFile) -> list[str]:

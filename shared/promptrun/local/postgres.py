@@ -126,7 +126,7 @@ def ensure_running(
     see choose_port), listening on loopback and
     on the `listen` addresses (default: PROMPTRUN_LISTEN_EXTRA), e.g. the container bridge's
     so that Lambda containers reach it; access needs the generated password. A running server
-    listening elsewhere is restarted with these addresses.
+    that lacks one of these addresses is restarted with it added (never narrowed while up).
     Safe to call from several processes at once (parallel test workers)."""
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,12 @@ def _ensure_running(root: Path, port: int, addresses: list[str]) -> LocalPostgre
             f"the server in {pg.data_dir} already runs on port {running}, not {port}; "
             "use that port or stop it (promptrun local down)"
         )
-    if running is not None and _listening_on(pg) != addresses:
+    current = _listening_on(pg) if running is not None else []
+    if {"*", "0.0.0.0", "::"} & set(current):  # an older set-up listened everywhere
+        current = []
+    if running is not None and not (current and set(addresses) <= set(current)):
+        # Widened, never narrowed: another run of this checkout may need the addresses it has.
+        addresses = [*current, *(a for a in addresses if a not in current)]
         _log(f"restarting to listen on {', '.join(addresses)}")
         _run(
             [_bin("pg_ctl"), "-D", str(pg.data_dir), "-l", str(pg.root / "server.log"),

@@ -88,6 +88,7 @@ env = {
     "DATABASE_URL": for_containers(os.environ["DATABASE_URL"]),
     "DATABASE_SECRET_ARN": "",
     "JOBS_QUEUE_URL": for_containers(os.environ["JOBS_QUEUE_URL"]),
+    "JOBS_DLQ_URL": for_containers(os.environ.get("JOBS_DLQ_URL", "")),
     "AWS_ENDPOINT_URL": for_containers(os.environ["AWS_ENDPOINT_URL"]),
     "API_TOKEN": os.environ["API_TOKEN"],
     "API_TOKEN_SECRET_ARN": "",

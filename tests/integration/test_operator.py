@@ -376,3 +376,16 @@ def test_retry_later_is_still_raised_for_an_uncancelled_job(
             conn, running, delay_seconds=0, error_kind="server", error_message="x"
         )
     assert job(engine, batch["alpha1"])["status"] == "queued"
+
+
+def test_a_body_that_is_not_json_is_a_415_not_a_500(api: Any, batch: dict[str, uuid.UUID]) -> None:
+    for content_type in ("text/plain", "multipart/form-data"):
+        event = api_gateway_event(
+            f"/batches/{DAILY}/retry",
+            method="POST",
+            headers={**bearer("test-token-not-secret"), "Content-Type": content_type},
+            body="status=failed",
+        )
+        resp = api.resolve(event, LocalContext("StatusFunction", timeout_seconds=29))
+        assert resp["statusCode"] == 415, resp
+        assert "JSON" in json.loads(resp["body"])["message"]

@@ -34,7 +34,7 @@ LAYER_EXCLUDES := boto3 botocore s3transfer jmespath urllib3
 
 .PHONY: lock
 lock: venv ## re-pin requirements.lock and the layer's subset (UPGRADE=--upgrade to move versions)
-	$(VENV)/bin/uv pip compile -q $(LOCK_TARGET) $(UPGRADE) pyproject.toml --extra providers \
+	$(VENV)/bin/uv pip compile -q $(LOCK_TARGET) $(UPGRADE) pyproject.toml --extra providers --extra cli \
 		requirements-dev.txt -o requirements.lock
 	$(VENV)/bin/uv pip compile -q $(LOCK_TARGET) shared/requirements.in -c requirements.lock \
 		$(addprefix --no-emit-package ,$(LAYER_EXCLUDES)) -o shared/requirements.txt
@@ -55,9 +55,8 @@ up: venv ## start PostgreSQL and moto (server mode) for local runs
 	$(VENV)/bin/promptrun local up
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun db upgrade
 
-down: ## stop what `make up` started
+down: ## stop what this checkout started (by PID): moto, PostgreSQL, sam local
 	@if [ -x $(VENV)/bin/promptrun ]; then $(VENV)/bin/promptrun local down; fi
-	-@pkill -f '[s]am local start-' 2>/dev/null || true
 	@if command -v podman >/dev/null 2>&1; then scripts/container_engine.sh --stop-anchor; fi
 
 .PHONY: demo

@@ -45,7 +45,8 @@ WANT_PY="3.13"
 # ca-certificates so handlers can make HTTPS calls.
 ROOTFS_PACKAGES="python3-minimal,python3,ca-certificates"
 # Modules installed into /var/runtime, like the AWS base image (which ships boto3).
-RUNTIME_PIP_PACKAGES=(awslambdaric boto3)
+# boto3 pinned to requirements.lock's version: what the tests run is what the image runs.
+RUNTIME_PIP_PACKAGES=(awslambdaric boto3==1.44.5 botocore==1.44.5 s3transfer==0.19.3)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCAL_DIR="$REPO_ROOT/.local"
@@ -333,6 +334,7 @@ EOF
 	tar -C "$rootfs" -c . | "$engine" import \
 		--change 'WORKDIR /var/task' \
 		--change 'ENTRYPOINT ["/var/runtime/bootstrap"]' \
+		--change "LABEL promptrun.runtime-packages=\"${RUNTIME_PIP_PACKAGES[*]}\"" \
 		- "$LOCAL_IMAGE" >/dev/null ||
 		die "$engine import of $LOCAL_IMAGE failed"
 	cleanup_build
@@ -346,7 +348,12 @@ choose_image() {
 	local engine="$1"
 	if "$engine" image inspect "$PUBLIC_IMAGE" >/dev/null 2>&1; then
 		IMAGE="$PUBLIC_IMAGE"
+	elif [[ "$("$engine" image inspect --format '{{index .Config.Labels "promptrun.runtime-packages"}}' \
+		"$LOCAL_IMAGE" 2>/dev/null || true)" == "${RUNTIME_PIP_PACKAGES[*]}" ]]; then
+		IMAGE="$LOCAL_IMAGE"
 	elif "$engine" image inspect "$LOCAL_IMAGE" >/dev/null 2>&1; then
+		log "$LOCAL_IMAGE was built with other runtime packages than ${RUNTIME_PIP_PACKAGES[*]}; rebuilding"
+		build_local_image "$engine"
 		IMAGE="$LOCAL_IMAGE"
 	else
 		log "trying to pull $PUBLIC_IMAGE"

@@ -91,6 +91,7 @@ env = {
     "DATABASE_URL": for_containers(os.environ["DATABASE_URL"]),
     "DATABASE_SECRET_ARN": "",
     "JOBS_QUEUE_URL": for_containers(os.environ["JOBS_QUEUE_URL"]),
+    "JOBS_DLQ_URL": for_containers(os.environ.get("JOBS_DLQ_URL", "")),
     "AWS_ENDPOINT_URL": for_containers(os.environ["AWS_ENDPOINT_URL"]),
     "API_TOKEN": os.environ["API_TOKEN"],
     "API_TOKEN_SECRET_ARN": "",
@@ -119,6 +120,7 @@ stop_sam() {
 		kill -KILL -- "-$pid" 2>/dev/null || true
 	done
 	PIDS=()
+	rm -f "$LOCAL"/pids/sam-*.pid
 	# ... except a container it was still starting when stopped: remove those by their ids.
 	for id in $(grep -ho 'SAM_CONTAINER_ID: [0-9a-f]*' "${SAM_LOGS[@]}" 2>/dev/null | cut -d' ' -f2); do
 		engine_api DELETE "/containers/$id?force=true" >/dev/null || true
@@ -134,6 +136,8 @@ start_sam() { # command log port [function ids]: starts in its own process group
 	setsid "$SAM" local "$command" "$@" --template .aws-sam/build/template.yaml \
 		--host 127.0.0.1 --port "$port" --env-vars "$ENV_FILE" --warm-containers EAGER \
 		"${SAM_ENGINE_ARGS[@]}" >"$log" 2>&1 </dev/null &
+	# Recorded so that `make down` stops this one by its pid, never every sam on the machine.
+	mkdir -p "$LOCAL/pids" && echo $! >"$LOCAL/pids/sam-$command.pid"
 	echo $!
 }
 

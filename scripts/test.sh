@@ -54,6 +54,8 @@ scripts/container_engine.sh >"$LOCAL/engine.env"
 ENGINE_READY=1
 # shellcheck disable=SC1091
 source "$LOCAL/engine.env"
+# The local services listen on loopback and, for the containers, on the bridge's address.
+export PROMPTRUN_LISTEN_EXTRA="$PROMPTRUN_CONTAINER_BRIDGE_ADDR"
 
 # The tests' PostgreSQL, then proof that a Lambda container reaches it: a machine whose
 # container network is not ready fails here, with the reason, and not in a test.

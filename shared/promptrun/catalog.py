@@ -12,13 +12,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine, select
 
+from promptrun.catalog_params import param_problems
 from promptrun.db.engine import session_scope
-from promptrun.db.models import Model, Prompt
+from promptrun.db.models import Model, Prompt, PromptVersion
 from promptrun.errors import InputError
 from promptrun.providers.keys import model_key_problem
 
 PROVIDERS = ("openai", "anthropic", "bedrock", "offline")
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,199}$"
+MAX_PROMPT_CHARS = 32_000  # text and system text together
+MAX_JOBS_PER_BATCH = 100_000  # prompts x models x runs sharing one schedule (one batch key)
 
 
 class Prices(BaseModel):
@@ -95,11 +98,46 @@ def _where(data: Any, loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping naming the same key twice (YAML would keep the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _unique_mapping,
+)
+
+
+def _problems_error(source: str, problems: list[str]) -> InputError:
+    """One problem a line, under a line naming the file."""
+    noun = "problem" if len(problems) == 1 else "problems"
+    return InputError(f"{source}: {len(problems)} {noun}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def load_catalog(text: str, source: str = "catalogue") -> CatalogFile:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise InputError(f"{source}: not valid YAML: {exc}") from None
+        raise InputError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping with 'models' and 'prompts'")
     try:
@@ -113,13 +151,49 @@ def load_catalog(text: str, source: str = "catalogue") -> CatalogFile:
                 if not (isinstance(x, str) and x.startswith(("literal[", "list[")))
             )
             problems.append(f"{_where(data, loc)}: {err['msg']}")
-        raise InputError(f"{source}: " + "; ".join(problems)) from None
+        raise _problems_error(source, problems + _raw_param_problems(data)) from None
     _check_references(catalog, source)
     return catalog
 
 
-def _check_references(catalog: CatalogFile, source: str) -> None:
+def _raw_param_problems(data: dict[str, Any]) -> list[str]:
+    """The params problems too, when other errors stopped the file's validation."""
+    out = []
+    models = data.get("models")
+    for i, model in enumerate(models if isinstance(models, list) else []):
+        if isinstance(model, dict) and isinstance(model.get("params"), dict):
+            slug = f" ({model['slug']})" if model.get("slug") else ""
+            for p in param_problems(str(model.get("provider")), model["params"]):
+                out.append(f"models[{i}]{slug}.params.{p.key}: {p.message}")
+    return out
+
+
+def _check_params_and_limits(catalog: CatalogFile) -> list[str]:
     problems = []
+    for i, model in enumerate(catalog.models):
+        for p in param_problems(model.provider, model.params):
+            problems.append(f"models[{i}] ({model.slug}).params.{p.key}: {p.message}")
+    enabled_models = sum(1 for m in catalog.models if m.enabled)
+    per_schedule: dict[str, int] = {}
+    for i, prompt in enumerate(catalog.prompts):
+        size = len(prompt.text) + len(prompt.system or "")
+        if size > MAX_PROMPT_CHARS:
+            problems.append(
+                f"prompts[{i}] ({prompt.slug}).text: {size} characters with the system text; at most {MAX_PROMPT_CHARS}"
+            )
+        if prompt.enabled:
+            models = enabled_models if prompt.models == "all" else len(prompt.models)
+            per_schedule[prompt.schedule] = per_schedule.get(prompt.schedule, 0) + models * prompt.runs
+    for schedule, jobs in sorted(per_schedule.items()):
+        if jobs > MAX_JOBS_PER_BATCH:
+            problems.append(
+                f"prompts: the {schedule} batch would have {jobs} jobs; at most {MAX_JOBS_PER_BATCH} (fewer runs, models or prompts)"
+            )
+    return problems
+
+
+def _check_references(catalog: CatalogFile, source: str) -> None:
+    problems = _check_params_and_limits(catalog)
     slug_lists = {
         "models": [m.slug for m in catalog.models],
         "prompts": [p.slug for p in catalog.prompts],
@@ -153,14 +227,21 @@ def _check_references(catalog: CatalogFile, source: str) -> None:
                         f"prompts[{i}] ({prompt.slug}).models: unknown model slug {slug!r}"
                     )
     if problems:
-        raise InputError(f"{source}: " + "; ".join(problems))
+        raise _problems_error(source, problems)
 
 
 def load_catalog_file(path: Path) -> CatalogFile:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
     return load_catalog(text, str(path))
 
 
@@ -169,12 +250,15 @@ class SyncReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"created {x}" for x in self.created]
         out += [f"updated {x}" for x in self.updated]
+        out += [f"disabled {x} (not in the file)" for x in self.disabled]
         out.append(
             f"{len(self.created)} created, {len(self.updated)} updated, {len(self.unchanged)} unchanged"
+            + (f", {len(self.disabled)} disabled" if self.disabled else "")
         )
         return out
 
@@ -188,9 +272,9 @@ def _apply(row: Any, values: dict[str, Any]) -> list[str]:
     return changed
 
 
-def sync_catalog(engine: Engine, catalog: CatalogFile) -> SyncReport:
+def sync_catalog(engine: Engine, catalog: CatalogFile, *, prune: bool = False) -> SyncReport:
     """Upsert every entry in one transaction: all of the file or none of it.
-    Entries missing from the file are left as they are (disable them with enabled: false)."""
+    Entries missing from the file are left as they are, or with `prune` disabled."""
     report = SyncReport()
     with session_scope(engine) as session:
         models = {m.slug: m for m in session.scalars(select(Model).with_for_update())}
@@ -240,6 +324,10 @@ def sync_catalog(engine: Engine, catalog: CatalogFile) -> SyncReport:
             _upsert(
                 session, Prompt, prompts.get(p.slug), p.slug, values, f"prompt {p.slug}", report
             )
+        session.flush()
+        store_versions(session, [p.slug for p in catalog.prompts])
+        if prune:
+            report.disabled += disable_missing(session, catalog)
     return report
 
 
@@ -264,3 +352,36 @@ def _upsert(
         report.updated.append(f"{label} ({', '.join(changed)})")
     else:
         report.unchanged.append(label)
+
+
+def store_versions(session: Any, slugs: list[str]) -> None:
+    """Keep each prompt's current text as an immutable version row (once per version)."""
+    from sqlalchemy.dialects.postgresql import insert
+
+    if not slugs:
+        return
+    current = select(Prompt.id, Prompt.version, Prompt.text, Prompt.system_text).where(
+        Prompt.slug.in_(slugs)
+    )
+    session.execute(
+        insert(PromptVersion)
+        .from_select(["prompt_id", "version", "text", "system_text"], current)
+        .on_conflict_do_nothing(constraint="uq_prompt_versions_version")
+    )
+
+
+def disable_missing(session: Any, catalog: CatalogFile) -> list[str]:
+    """Disable the enabled prompts and models that the file no longer names."""
+    from sqlalchemy import func
+
+    disabled = []
+    for cls, kind, slugs in (
+        (Prompt, "prompt", {p.slug for p in catalog.prompts}),
+        (Model, "model", {m.slug for m in catalog.models}),
+    ):
+        for row in session.scalars(select(cls).where(cls.enabled.is_(True)).order_by(cls.slug)):
+            if row.slug not in slugs:
+                row.enabled = False
+                row.updated_at = func.now()
+                disabled.append(f"{kind} {row.slug}")
+    return disabled

@@ -1,11 +1,12 @@
 """`promptrun`: the operator's command line.
 
 promptrun db upgrade
-promptrun catalog check FILE | sync FILE
-promptrun run [--batch-key K] [--prompt SLUG ...] [--model SLUG ...]
+promptrun catalog check FILE | sync FILE [--prune]
+promptrun run [--batch-key K [--prompt SLUG ...] [--model SLUG ...] [--include-disabled]]
 promptrun poll [--until-done BATCH ...] [--lambda-endpoint URL]
 promptrun summary BATCH            promptrun watch BATCH
 promptrun local up | down          promptrun demo
+Operators' verbs (jobs, show, entities, retry, cancel, rerun, dlq, prune): cli_operator.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from promptrun.errors import PromptrunError
+from promptrun import cli_operator
+from promptrun.cli_errors import run_guarded
+from promptrun.errors import InputError, PromptrunError
 from promptrun.local.events import api_gateway_event, bearer, scheduled_event
 
 LOCAL_ROOT = Path(os.environ.get("PROMPTRUN_LOCAL_DIR", ".local"))
@@ -46,11 +49,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_catalog(args: argparse.Namespace) -> int:
     from promptrun.catalog import load_catalog_file, sync_catalog
 
+    if args.prune and args.action != "sync":
+        raise InputError("catalog: --prune goes with sync (check changes nothing)")
     catalog = load_catalog_file(Path(args.file))
     if args.action == "check":
         print(f"{args.file}: {len(catalog.models)} models, {len(catalog.prompts)} prompts, valid")
         return 0
-    for line in sync_catalog(_engine(), catalog).lines():
+    for line in sync_catalog(_engine(), catalog, prune=args.prune).lines():
         print(line)
     return 0
 
@@ -58,16 +63,42 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from promptrun.local.lambda_runtime import invoke
 
+    if not args.batch_key and (args.prompt or args.model or args.include_disabled):
+        # Without a batch key the run is the scheduled one, for every due prompt and model.
+        raise InputError("run: --prompt, --model and --include-disabled need --batch-key")
+    if args.include_disabled and not args.prompt:
+        raise InputError("run: --include-disabled needs --prompt naming the disabled prompts")
     if args.batch_key:
         event: dict[str, Any] = {"batch_key": args.batch_key}
         if args.prompt:
             event["prompts"] = args.prompt
         if args.model:
             event["models"] = args.model
+        if args.include_disabled:
+            event["include_disabled"] = True
     else:
         event = scheduled_event(datetime.now(UTC))
     print(json.dumps(invoke("fanout", event), indent=2))
     return 0
+
+
+def _require_batches(batch_keys: list[str]) -> None:
+    from sqlalchemy import text
+
+    from promptrun.schedule import validate_batch_key
+
+    for key in batch_keys:
+        validate_batch_key(key)
+    with _engine().connect() as conn:
+        known = set(
+            conn.execute(
+                text("SELECT DISTINCT batch_key FROM prompt_jobs WHERE batch_key = ANY(:k)"),
+                {"k": batch_keys},
+            ).scalars()
+        )
+    unknown = sorted(set(batch_keys) - known)
+    if unknown:
+        raise InputError(f"no such batch: {', '.join(unknown)}")
 
 
 def _batch_finished(batch_keys: list[str]) -> bool:
@@ -99,6 +130,10 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from promptrun.settings import get_settings
 
     settings = get_settings().require("queue")
+    if args.until_done is not None:
+        if not args.until_done:
+            raise InputError("poll: --until-done needs the batch keys to wait for")
+        _require_batches(args.until_done)
     if args.lambda_endpoint:
         import boto3
         from botocore.config import Config
@@ -116,10 +151,14 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
     poller = LocalPoller(client("sqs"), settings.jobs_queue_url or "", invoker, wait_seconds=1)
     if args.until_done:
-        poller.run_until(
-            lambda: _batch_finished(args.until_done), timeout=args.timeout, on_progress=_progress
-        )
-        print(file=sys.stderr)
+        try:
+            poller.run_until(
+                lambda: _batch_finished(args.until_done),
+                timeout=args.timeout,
+                on_progress=_progress,
+            )
+        finally:
+            print(file=sys.stderr)
     else:
         while True:
             poller.poll_once()
@@ -161,19 +200,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     while True:
         s = batch_summary(args.batch_key)
         print(render_summary(s))
-        if _batch_finished([args.batch_key]) or time.monotonic() > deadline:
+        if _batch_finished([args.batch_key]):
             return 0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batch {args.batch_key} not finished after {args.timeout:.0f}s")
         time.sleep(args.interval)
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    from promptrun.jobs import cancel_batch
-    from promptrun.schedule import validate_batch_key
-
-    with _engine().begin() as conn:
-        count = cancel_batch(conn, validate_batch_key(args.batch_key), args.model)
-    print(f"{count} queued jobs of {args.batch_key} cancelled")
-    return 0
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -181,8 +212,9 @@ def cmd_local(args: argparse.Namespace) -> int:
 
     if args.action == "up":
         env = stack.up(LOCAL_ROOT)
+        saved = stack.ports.saved(LOCAL_ROOT)
         print(
-            f"local stack up: PostgreSQL :{stack.PG_PORT}, moto {env['AWS_ENDPOINT_URL']}; source {LOCAL_ROOT}/env.sh"
+            f"local stack up: PostgreSQL :{saved.get('postgres')}, moto {env['AWS_ENDPOINT_URL']}; source {LOCAL_ROOT}/env.sh"
         )
     else:
         stack.down(LOCAL_ROOT)
@@ -203,7 +235,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     keys = sorted(result["batches"])
     args.until_done = keys
     args.lambda_endpoint = args.lambda_endpoint or None
-    cmd_poll(args)
+    if keys:
+        cmd_poll(args)
     for key in keys:
         print()
         print(render_summary(batch_summary(key)))
@@ -214,59 +247,82 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptrun", description="Run LLM prompts on a schedule.")
     sub = parser.add_subparsers(dest="command", required=True)
     db = sub.add_parser("db", help="database schema")
-    db.add_argument("action", choices=["upgrade"])
+    db.add_argument(
+        "action", choices=["upgrade"], help="upgrade: apply the migrations (safe to repeat)"
+    )
     db.set_defaults(func=cmd_db_upgrade)
     cat = sub.add_parser("catalog", help="validate or sync a catalogue file")
-    cat.add_argument("action", choices=["check", "sync"])
-    cat.add_argument("file")
+    cat.add_argument("action", choices=["check", "sync"], help="check: validate only; sync: upsert")
+    cat.add_argument("file", help="the catalogue YAML file")
+    cat.add_argument(
+        "--prune",
+        action="store_true",
+        help="with sync: disable the prompts and models the file no longer has",
+    )
     cat.set_defaults(func=cmd_catalog)
     run = sub.add_parser("run", help="fan out a batch now (the fan-out handler, in this process)")
-    run.add_argument("--batch-key")
-    run.add_argument("--prompt", action="append")
-    run.add_argument("--model", action="append")
+    run.add_argument(
+        "--batch-key", help="a manual batch under this key (default: the scheduled run for now)"
+    )
+    run.add_argument(
+        "--prompt", action="append", metavar="SLUG", help="only this prompt (repeat for more)"
+    )
+    run.add_argument(
+        "--model", action="append", metavar="SLUG", help="only this model (repeat for more)"
+    )
+    run.add_argument(
+        "--include-disabled",
+        action="store_true",
+        help="run the named prompts even when disabled in the catalogue",
+    )
     run.set_defaults(func=cmd_run)
     for name, func, helptext in (
         ("poll", cmd_poll, "the local SQS -> processor poller"),
         ("demo", cmd_demo, "fan out now, process, summarise"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--until-done", nargs="*", metavar="BATCH")
+        if name == "poll":
+            p.add_argument(
+                "--until-done",
+                nargs="*",
+                metavar="BATCH",
+                help="stop once these batches are finished (default: poll until interrupted)",
+            )
         p.add_argument(
             "--lambda-endpoint",
             help="invoke the processor through this Lambda API (sam local start-lambda)",
         )
-        p.add_argument("--function", default="ProcessorFunction")
-        p.add_argument("--timeout", type=float, default=600)
+        p.add_argument(
+            "--function",
+            default="ProcessorFunction",
+            help="the function name at --lambda-endpoint (default ProcessorFunction)",
+        )
+        p.add_argument(
+            "--timeout", type=float, default=600, help="give up after this many seconds (600)"
+        )
         p.set_defaults(func=func)
     summ = sub.add_parser("summary", help="a batch's summary, from the status API")
-    summ.add_argument("batch_key")
+    summ.add_argument("batch_key", help="the batch key, e.g. 2026-11-22")
     summ.set_defaults(func=cmd_summary)
     watch = sub.add_parser(
         "watch", help="the summary every few seconds until the batch is finished"
     )
-    watch.add_argument("batch_key")
-    watch.add_argument("--interval", type=float, default=3)
-    watch.add_argument("--timeout", type=float, default=3600)
+    watch.add_argument("batch_key", help="the batch key, e.g. 2026-11-22")
+    watch.add_argument("--interval", type=float, default=3, help="seconds between summaries (3)")
+    watch.add_argument(
+        "--timeout", type=float, default=3600, help="give up after this many seconds (3600)"
+    )
     watch.set_defaults(func=cmd_watch)
-    cancel = sub.add_parser("cancel", help="cancel a batch's jobs that have not started")
-    cancel.add_argument("batch_key")
-    cancel.add_argument("--model", help="only this model's jobs")
-    cancel.set_defaults(func=cmd_cancel)
+    cli_operator.add_commands(sub)
     local = sub.add_parser("local", help="start or stop the local PostgreSQL and moto")
-    local.add_argument("action", choices=["up", "down"])
+    local.add_argument("action", choices=["up", "down"], help="up: start (idempotent); down: stop")
     local.set_defaults(func=cmd_local)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except PromptrunError as exc:
-        print(f"promptrun: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_guarded(lambda: int(args.func(args)))
 
 
 if __name__ == "__main__":

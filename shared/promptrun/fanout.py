@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from promptrun.aws import JobQueue
 from promptrun.db.engine import session_scope
-from promptrun.db.models import Model, Prompt, PromptJob
+from promptrun.db.models import Model, Prompt, PromptJob, PromptVersion
 from promptrun.errors import InputError
 from promptrun.observability import logger, metrics
 from promptrun.schedule import batch_key, period_start, validate_batch_key
@@ -45,6 +45,8 @@ class ManualEvent(BaseModel):
     batch_key: str
     prompts: list[str] | None = None
     models: list[str] | None = None
+    # Run the named prompts even when disabled in the catalogue (an operator's explicit choice).
+    include_disabled: bool = False
 
     @field_validator("batch_key")
     @classmethod
@@ -58,6 +60,7 @@ class FanoutRequest:
     batch_key: str | None = None
     prompts: list[str] | None = None
     models: list[str] | None = None
+    include_disabled: bool = False
 
 
 def parse_event(event: Any, now: datetime | None = None) -> FanoutRequest:
@@ -72,6 +75,7 @@ def parse_event(event: Any, now: datetime | None = None) -> FanoutRequest:
                 batch_key=manual.batch_key,
                 prompts=manual.prompts,
                 models=manual.models,
+                include_disabled=manual.include_disabled,
             )
         if "time" in event:
             return FanoutRequest(at=ScheduledEvent.model_validate(event).time)
@@ -104,7 +108,9 @@ class FanoutResult:
         }
 
 
-def _select(session: Any, cls: Any, slugs: list[str] | None, kind: str) -> list[Any]:
+def _select(
+    session: Any, cls: Any, slugs: list[str] | None, kind: str, include_disabled: bool = False
+) -> list[Any]:
     query = select(cls).order_by(cls.id)
     if slugs is None:
         return list(session.scalars(query.where(cls.enabled.is_(True))))
@@ -113,17 +119,33 @@ def _select(session: Any, cls: Any, slugs: list[str] | None, kind: str) -> list[
     if unknown:
         raise InputError(f"fan-out event: {kind}: unknown slug(s) {', '.join(unknown)}")
     disabled = sorted(r.slug for r in rows if not r.enabled)
-    if disabled:
+    if disabled and not include_disabled:
         raise InputError(f"fan-out event: {kind}: disabled: {', '.join(disabled)}")
     return rows
+
+
+def store_versions(session: Any, prompts: list[Any]) -> None:
+    """The versions these jobs will record exist as rows (the catalogue sync stores them too)."""
+    if prompts:
+        session.execute(
+            insert(PromptVersion)
+            .values(
+                [
+                    {"prompt_id": p.id, "version": p.version, "text": p.text, "system_text": p.system_text}
+                    for p in prompts
+                ]
+            )
+            .on_conflict_do_nothing(constraint="uq_prompt_versions_version")
+        )
 
 
 def create_jobs(engine: Engine, request: FanoutRequest, settings: Settings) -> FanoutResult:
     """Insert the batch's job rows; rows that exist already are left as they are."""
     result = FanoutResult()
     with session_scope(engine) as session:
-        prompts = _select(session, Prompt, request.prompts, "prompts")
+        prompts = _select(session, Prompt, request.prompts, "prompts", request.include_disabled)
         models = _select(session, Model, request.models, "models")
+        store_versions(session, prompts)
         rows: list[dict[str, Any]] = []
         for prompt in prompts:
             key = request.batch_key or batch_key(prompt.schedule, request.at)

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from promptrun.db.models import JobStatus
+from promptrun.errors import PromptrunError
 
 MAX_ERROR_MESSAGE = 2000
 
@@ -77,11 +78,14 @@ _CLAIM = text(
             updated_at = now()
         WHERE id = :id
           AND ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-               OR (status = 'processing' AND lease_expires_at < now()))
-        RETURNING id, attempt_count, max_attempts, run_index, batch_key, prompt_id, model_id
+               OR (status = 'processing' AND lease_expires_at < now()
+                   AND cancel_requested_at IS NULL))
+        RETURNING id, attempt_count, max_attempts, run_index, batch_key, prompt_id, model_id,
+                  prompt_version
     )
     SELECT c.id, c.attempt_count, c.max_attempts, c.run_index, c.batch_key,
-           p.id AS prompt_id, p.slug AS prompt_slug, p.text AS prompt_text, p.system_text,
+           p.id AS prompt_id, p.slug AS prompt_slug, v.text AS prompt_text, v.system_text,
+           c.prompt_version, v.id AS version_id,
            m.id AS model_id, m.enabled AS model_enabled,
            m.slug, m.provider, m.provider_model, m.base_url, m.params,
            m.price_input_per_mtok, m.price_output_per_mtok,
@@ -90,6 +94,8 @@ _CLAIM = text(
            e.price_input_per_mtok AS e_price_input_per_mtok,
            e.price_output_per_mtok AS e_price_output_per_mtok
     FROM claimed c JOIN prompts p ON p.id = c.prompt_id JOIN models m ON m.id = c.model_id
+    -- the job runs the version it records, never the prompt's current text
+    LEFT JOIN prompt_versions v ON v.prompt_id = c.prompt_id AND v.version = c.prompt_version
     LEFT JOIN models e ON e.id = m.extraction_model_id
     """
 )
@@ -137,6 +143,10 @@ def claim_job(
     row = conn.execute(_CLAIM, {"id": job_id, "lease": lease_seconds}).mappings().first()
     if row is None:
         return None
+    if row["version_id"] is None:  # raising rolls the claim back
+        raise PromptrunError(
+            f"job {job_id} records prompt version {row['prompt_version']}, which is not stored"
+        )
     model = _model_ref(row, "")
     return ClaimedJob(
         id=row["id"],
@@ -238,7 +248,11 @@ def retry_job(
     """Back to queued, due after the delay; the attempt stays counted."""
     result = conn.execute(
         text(
-            "UPDATE prompt_jobs SET status = 'queued', updated_at = now(), lease_expires_at = NULL, "
+            # An operator cancelled it while it ran: it ends cancelled instead of retrying.
+            "UPDATE prompt_jobs SET status = CASE WHEN cancel_requested_at IS NULL "
+            "THEN 'queued' ELSE 'cancelled' END, "
+            "finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END, "
+            "updated_at = now(), lease_expires_at = NULL, "
             "next_attempt_at = now() + make_interval(secs => :delay), enqueued_at = now(), "
             "error_kind = :kind, error_message = :msg" + _ADD_USAGE + _GUARD
         ),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -180,6 +180,10 @@ def decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
         raise InvalidQuery("cursor", "not a cursor this API returned") from None
     if found != kind or at.tzinfo is None:
         raise InvalidQuery("cursor", "not a cursor this API returned")
+    try:  # checked here, not in SQL: year 1 at +14:00 is before year 1 in UTC
+        at = at.astimezone(UTC)
+    except OverflowError:
+        raise InvalidQuery("cursor", "not a cursor this API returned") from None
     return at, key
 
 

@@ -35,6 +35,7 @@ class Settings:
     database_url: str | None = None
     database_secret_arn: str | None = None
     jobs_queue_url: str | None = None
+    jobs_dlq_url: str | None = None
     api_token: str | None = field(default=None, repr=False)
     api_token_secret_arn: str | None = None
     provider_secrets_arn: str | None = None
@@ -45,6 +46,7 @@ class Settings:
     backoff_cap_seconds: int = 900
     requeue_after_seconds: int = 3600
     secret_max_age_seconds: int = 300
+    retention_days: int = 0  # 0: keep finished jobs forever
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -58,11 +60,15 @@ class Settings:
         queue_url = env.get("JOBS_QUEUE_URL") or None
         if queue_url and not queue_url.startswith(("http://", "https://")):
             raise ConfigError(f"JOBS_QUEUE_URL must be an SQS queue URL, got {queue_url!r}")
+        dlq_url = env.get("JOBS_DLQ_URL") or None
+        if dlq_url and not dlq_url.startswith(("http://", "https://")):
+            raise ConfigError(f"JOBS_DLQ_URL must be an SQS queue URL, got {dlq_url!r}")
         keys = {p: env[v] for p, v in PROVIDER_KEY_VARS.items() if env.get(v)}
         return cls(
             database_url=database_url,
             database_secret_arn=env.get("DATABASE_SECRET_ARN") or None,
             jobs_queue_url=queue_url,
+            jobs_dlq_url=dlq_url,
             api_token=env.get("API_TOKEN") or None,
             api_token_secret_arn=env.get("API_TOKEN_SECRET_ARN") or None,
             provider_secrets_arn=env.get("PROVIDER_SECRETS_ARN") or None,
@@ -73,6 +79,7 @@ class Settings:
             backoff_cap_seconds=_int_env(env, "BACKOFF_CAP_SECONDS", 900, 1, 43200),
             requeue_after_seconds=_int_env(env, "REQUEUE_AFTER_SECONDS", 3600, 60, 86400),
             secret_max_age_seconds=_int_env(env, "SECRET_MAX_AGE_SECONDS", 300, 0, 86400),
+            retention_days=_int_env(env, "RETENTION_DAYS", 0, 0, 36500),
         )
 
     def require(self, *needs: str) -> Settings:
@@ -81,6 +88,8 @@ class Settings:
             raise ConfigError("DATABASE_URL or DATABASE_SECRET_ARN must be set")
         if "queue" in needs and not self.jobs_queue_url:
             raise ConfigError("JOBS_QUEUE_URL must be set")
+        if "dlq" in needs and not self.jobs_dlq_url:
+            raise ConfigError("JOBS_DLQ_URL must be set")
         if "api_token" in needs and not (self.api_token or self.api_token_secret_arn):
             raise ConfigError("API_TOKEN or API_TOKEN_SECRET_ARN must be set")
         return self

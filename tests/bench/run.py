@@ -25,6 +25,7 @@ from promptrun.local.lambda_runtime import LocalContext, load_handler
 from promptrun.local.poller import sqs_event
 from promptrun.processor import JobRunner
 from promptrun.settings import Settings, get_settings
+from tests.bench import operator_bench
 from tests.support import stack
 from tests.support.sqs import receive_all
 
@@ -141,6 +142,7 @@ def main() -> None:
             f"processor handler, batch of {len(msgs)} with 300 ms model calls: {dt:.2f} s wall "
             f"(sequential would be >= {0.3 * len(msgs):.1f} s), failures {len(out['batchItemFailures'])}"
         )
+        operator_bench.run(engine)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of the bench process: {peak_mb:.0f} MiB")
         engine.dispose()

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from promptrun.db import migrate
-from promptrun.local import postgres
+from promptrun.local import moto_server, postgres
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "shared" / "promptrun" / "db" / "migrations" / "versions"
@@ -29,20 +29,10 @@ def free_port() -> int:
 
 
 def start_postgres() -> postgres.LocalPostgres:
+    """This checkout's server: the port chosen once and saved under .local (every test worker
+    and every later run agree on it), on loopback plus PROMPTRUN_LISTEN_EXTRA."""
     root = Path(os.environ.get("PROMPTRUN_PG_ROOT", REPO / ".local" / "pg"))
-    if "PROMPTRUN_PG_PORT" in os.environ:
-        return postgres.ensure_running(root, int(os.environ["PROMPTRUN_PG_PORT"]))
-    port = 54329
-    pid_file = root / "data" / "postmaster.pid"
-    lines = pid_file.read_text().splitlines() if pid_file.exists() else []
-    if len(lines) > 3 and lines[3].strip().isdigit():
-        # This checkout's server is up: keep its port, whoever holds 54329 now.
-        return postgres.ensure_running(root, int(lines[3]))
-    if not postgres.port_owner_is(root, port):
-        # Another checkout's server holds the usual port: this checkout takes one of its own,
-        # derived from its path so that every test worker agrees on it.
-        port = 55000 + int(hashlib.sha256(str(root.resolve()).encode()).hexdigest(), 16) % 5000
-    return postgres.ensure_running(root, port)
+    return postgres.ensure_running(root)
 
 
 def template_database(pg: postgres.LocalPostgres) -> str:
@@ -99,14 +89,17 @@ def url_for(pg: postgres.LocalPostgres, database: str, host: str = "127.0.0.1") 
 
 
 class MotoServer:
-    """moto_server in its own process, on all addresses (Lambda containers reach it too)."""
+    """moto_server in its own process, on a free port, on loopback; with `host` (default: the
+    first PROMPTRUN_LISTEN_EXTRA address) on that address instead, e.g. the container bridge's,
+    which Lambda containers and this machine both reach."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str | None = None) -> None:
         self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.host = host or moto_server.bind_host()
+        self.endpoint = f"http://{self.host}:{self.port}"
         exe = Path(sys.executable).with_name("moto_server")
         self.proc = subprocess.Popen(
-            [str(exe), "-H", "0.0.0.0", "-p", str(self.port)],
+            [str(exe), "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -23,7 +23,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
-from promptrun import __version__, queries
+from promptrun import __version__, operator, queries
 from promptrun.aws import get_secret_string
 from promptrun.catalog import SLUG_PATTERN
 from promptrun.db.engine import get_engine
@@ -126,9 +126,12 @@ def presented_token(authorization: str | None) -> str | None:
 
 
 def build_app(
-    engine_factory: EngineFactory, token_provider: TokenProvider
+    engine_factory: EngineFactory,
+    token_provider: TokenProvider,
+    sender: Callable[[], Any] = lambda: None,
 ) -> APIGatewayRestResolver:
-    """The resolver with its routes. The engine and the token are fetched on use, not here."""
+    """The resolver with its routes. The engine and the token are fetched on use, not here.
+    `sender` gives the SQS sender for retried jobs (None: the next fan-out sends them)."""
     app = APIGatewayRestResolver(enable_validation=True)
     app.configure_openapi(
         title="promptrun status API",
@@ -204,6 +207,7 @@ def build_app(
         limit: LimitQuery = queries.DEFAULT_LIMIT,
         cursor: CursorQuery = None,
     ) -> queries.JobPage:
+        operator.check_filters(engine_factory(), prompt=prompt, model=model)
         return queries.list_jobs(
             engine_factory(),
             batch_key=batch_key,
@@ -238,9 +242,14 @@ def build_app(
         model: ModelQuery = None,
         limit: Annotated[int, Query(ge=1, le=1000, description="entities, 1-1000")] = 100,
     ) -> queries.EntityReport:
+        operator.check_filters(engine_factory(), prompt=prompt, model=model)
         return queries.entity_counts(
             engine_factory(), batch_key=batch_key, prompt=prompt, model=model, limit=limit
         )
+
+    from promptrun.api import operator_routes  # it uses this module's error shapes
+
+    operator_routes.register(app, engine_factory, sender, _ERRORS_404)
 
     @cache
     def openapi_document() -> str:
@@ -269,4 +278,11 @@ def app_from_settings(settings: Settings) -> APIGatewayRestResolver:
             settings.api_token_secret_arn or "", settings.secret_max_age_seconds
         ).strip()
 
-    return build_app(engine, token)
+    def sender() -> Any:
+        if not settings.jobs_queue_url:
+            return None
+        from promptrun.aws import JobQueue
+
+        return JobQueue(settings.jobs_queue_url).send_jobs
+
+    return build_app(engine, token, sender)

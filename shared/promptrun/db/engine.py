@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from promptrun.errors import ConfigError
@@ -130,11 +130,30 @@ def get_engine(settings: Settings, pool_size: int = 10) -> Engine:
                 url,
                 pool_size=pool_size,
                 max_overflow=2,
-                pool_pre_ping=True,
                 pool_recycle=300,
             )
+            invalidate_on_client_error(engine)
             _engines[key] = engine
         return engine
+
+
+def _server_reported(exc: BaseException) -> bool:
+    """pg8000 raises the server's own errors with the fields PostgreSQL sent (C = SQLSTATE);
+    after those the connection is in a known state. Anything else (a socket error, a value the
+    driver could not encode halfway through a message) may leave it broken."""
+    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
+    return len(args) > 0 and isinstance(args[0], dict) and "C" in args[0]
+
+
+def invalidate_on_client_error(engine: Engine) -> None:
+    """A connection that failed mid-statement for any reason but a server error is discarded,
+    never returned to the pool: cheaper than a pre-ping on every checkout."""
+
+    @event.listens_for(engine, "handle_error")
+    def _discard(ctx: ExceptionContext) -> None:
+        if not _server_reported(ctx.original_exception):
+            ctx.is_disconnect = True
+            ctx.invalidate_pool_on_disconnect = False  # only this connection
 
 
 def dispose_engines() -> None:

@@ -84,6 +84,24 @@ class Prompt(Base):
     updated_at: Mapped[datetime] = _now()
 
 
+class PromptVersion(Base):
+    """A prompt's text as it was at one version: immutable (a trigger refuses updates)."""
+
+    __tablename__ = "prompt_versions"
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "version", name="uq_prompt_versions_version"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    prompt_id: Mapped[int] = mapped_column(
+        ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False
+    )
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    system_text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+
 class Model(Base):
     __tablename__ = "models"
     __table_args__ = (CheckConstraint("max_concurrency >= 1", name="max_concurrency"),)
@@ -126,6 +144,12 @@ class PromptJob(Base):
         # Counting a model's live jobs for its max_concurrency.
         Index("ix_prompt_jobs_model_id_status", "model_id", "status"),
         # The fan-out's repair pass looks for rows that were never sent.
+        # The retention sweep finds finished jobs by age.
+        Index(
+            "ix_prompt_jobs_finished_at",
+            "finished_at",
+            postgresql_where="status IN ('succeeded', 'failed', 'cancelled', 'skipped')",
+        ),
         Index(
             "ix_prompt_jobs_unsent",
             "created_at",
@@ -154,6 +178,8 @@ class PromptJob(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An operator cancelled the job while it ran: it finishes its call, then is not retried.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     duration_ms: Mapped[int | None] = mapped_column(Integer)

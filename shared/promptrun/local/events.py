@@ -37,8 +37,10 @@ def api_gateway_event(
     query: dict[str, str] | None = None,
     path_params: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
+    method: str = "GET",
+    body: str | None = None,
 ) -> dict[str, Any]:
-    """An API Gateway REST proxy event for `GET path` (resource: the route template)."""
+    """An API Gateway REST proxy event for `method path` (resource: the route template)."""
     now = datetime.now(UTC)
     request_id = str(uuid.uuid4())
     all_headers = {"Accept": "application/json", **(headers or {})}
@@ -46,7 +48,7 @@ def api_gateway_event(
         "version": "1.0",
         "resource": resource or path,
         "path": path,
-        "httpMethod": "GET",
+        "httpMethod": method,
         "headers": all_headers,
         "multiValueHeaders": {k: [v] for k, v in all_headers.items()},
         "queryStringParameters": dict(query) if query else None,
@@ -55,7 +57,7 @@ def api_gateway_event(
             "accountId": ACCOUNT,
             "apiId": "local",
             "domainName": "localhost",
-            "httpMethod": "GET",
+            "httpMethod": method,
             "identity": {"sourceIp": "127.0.0.1"},
             "path": f"/{STAGE}{path}",
             "protocol": "HTTP/1.1",
@@ -67,7 +69,7 @@ def api_gateway_event(
         },
         "pathParameters": dict(path_params) if path_params else None,
         "stageVariables": None,
-        "body": None,
+        "body": body,
         "isBase64Encoded": False,
     }
 

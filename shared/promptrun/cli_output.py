@@ -27,7 +27,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | No
 
         t = Table(title=title)
         for h in headers:
-            t.add_column(h)
+            t.add_column(h, overflow="fold")  # ids must stay whole to be copied
         for row in text_rows:
             t.add_row(*row)
         console.print(t)

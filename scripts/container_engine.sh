@@ -169,35 +169,63 @@ podman_socket_answers() {
 	fi
 }
 
-PID_FILE="$LOCAL_DIR/podman-service.pid"
+# The service is machine-wide and outlives the checkout that started it (CI clones into a
+# folder that is deleted afterwards), so its pid file and log live beside its socket, and it
+# runs from / : conmon inherits the service's working folder, and a service left in a
+# deleted folder answers _ping but cannot start a single container.
+SERVICE_DIR="$(dirname "$PODMAN_SOCKET")"
+PID_FILE="$SERVICE_DIR/promptrun-service.pid"
+SERVICE_LOG="$SERVICE_DIR/promptrun-service.log"
+
+socket_owner_pid() {
+	# The process listening on our socket, whoever started it.
+	have ss || return 0
+	ss -xlpn 2>/dev/null | awk -v s="$PODMAN_SOCKET" '$5 == s' |
+		grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2
+}
+
 stop_podman_service() {
-	if [[ -f "$PID_FILE" ]]; then
-		local pid
-		pid="$(cat "$PID_FILE")"
-		if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-			kill "$pid" 2>/dev/null || true
-			local i
-			for i in $(seq 1 20); do
-				kill -0 "$pid" 2>/dev/null || break
-				sleep 0.25
-			done
-		fi
-		rm -f "$PID_FILE"
+	local pid
+	pid="$(cat "$PID_FILE" 2>/dev/null || true)"
+	[[ -n "$pid" ]] || pid="$(socket_owner_pid)"
+	if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+		kill "$pid" 2>/dev/null || true
+		local i
+		for i in $(seq 1 20); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.25
+		done
+	fi
+	rm -f "$PID_FILE"
+}
+
+service_is_healthy() {
+	# A service whose working folder was deleted cannot start containers: restart it.
+	local pid cwd
+	pid="$(socket_owner_pid)"
+	[[ -n "$pid" ]] || return 0
+	cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null || true)"
+	if [[ "$cwd" == *"(deleted)" ]]; then
+		log "the Podman service (pid $pid) runs in a deleted folder ($cwd) and cannot start containers; restarting it"
+		return 1
 	fi
 }
 
 start_podman_service() {
 	if podman_socket_answers; then
-		log "Podman service answers on $PODMAN_SOCKET"
-		return 0
+		if service_is_healthy; then
+			log "Podman service answers on $PODMAN_SOCKET"
+			return 0
+		fi
+		[[ $EUID -eq 0 ]] || die "the Podman service on $PODMAN_SOCKET is broken; run as root to restart it"
+		stop_podman_service
 	fi
 	[[ $EUID -eq 0 ]] || die "no Podman service answers on $PODMAN_SOCKET; run as root to start it"
-	mkdir -p "$LOCAL_DIR" "$(dirname "$PODMAN_SOCKET")"
+	mkdir -p "$SERVICE_DIR"
 	rm -f "$PODMAN_SOCKET" # stale socket from a dead service
-	local logf="$LOCAL_DIR/podman-service.log"
-	log "starting podman system service on unix://$PODMAN_SOCKET (log: $logf)"
-	nohup setsid podman system service --time=0 "unix://$PODMAN_SOCKET" \
-		>>"$logf" 2>&1 </dev/null &
+	log "starting podman system service on unix://$PODMAN_SOCKET (log: $SERVICE_LOG)"
+	(cd / && exec nohup setsid podman system service --time=0 "unix://$PODMAN_SOCKET" \
+		>>"$SERVICE_LOG" 2>&1 </dev/null) &
 	echo $! >"$PID_FILE"
 	local i
 	for i in $(seq 1 60); do
@@ -207,8 +235,8 @@ start_podman_service() {
 		}
 		sleep 0.5
 	done
-	tail -n 20 "$logf" >&2 || true
-	die "Podman service did not answer on $PODMAN_SOCKET within 30 s (see $logf)"
+	tail -n 20 "$SERVICE_LOG" >&2 || true
+	die "Podman service did not answer on $PODMAN_SOCKET within 30 s (see $SERVICE_LOG)"
 }
 
 # ---------------------------------------------------------------- image build
@@ -374,8 +402,13 @@ ANCHOR="promptrun-net-anchor-$(printf '%s' "$REPO_ROOT" | sha256sum | cut -c1-10
 REACH_TIMEOUT="${PROMPTRUN_REACH_TIMEOUT:-60}"
 
 engine_cli() {
-	# The CLI that talks to the engine chosen below (DOCKER_HOST is exported for docker).
-	if [[ "$ENGINE" == podman ]]; then podman "$@"; else docker "$@"; fi
+	# Through the engine's API service, as SAM goes: a service that cannot start containers
+	# fails here, not in a test (DOCKER_HOST is exported for docker).
+	if [[ "$ENGINE" == podman ]]; then
+		podman --remote --url "unix://$PODMAN_SOCKET" "$@"
+	else
+		docker "$@"
+	fi
 }
 
 host_name_for_containers() {
@@ -385,11 +418,11 @@ host_name_for_containers() {
 ensure_network_anchor() {
 	[[ "$ENGINE" == podman ]] || return 0 # Docker's bridge is permanent
 	local state
-	state="$(podman container inspect --format '{{.State.Running}}' "$ANCHOR" 2>/dev/null || true)"
+	state="$(engine_cli container inspect --format '{{.State.Running}}' "$ANCHOR" 2>/dev/null || true)"
 	[[ "$state" == true ]] && return 0
-	[[ -n "$state" ]] && podman rm -f "$ANCHOR" >/dev/null 2>&1
+	[[ -n "$state" ]] && engine_cli rm -f "$ANCHOR" >/dev/null 2>&1
 	log "bringing up the container network (anchor container $ANCHOR)"
-	podman run -d --name "$ANCHOR" --label "promptrun.checkout=$REPO_ROOT" \
+	engine_cli run -d --name "$ANCHOR" --label "promptrun.checkout=$REPO_ROOT" \
 		--entrypoint sleep "$IMAGE" infinity >/dev/null ||
 		die "could not start the network anchor container $ANCHOR from $IMAGE"
 }

@@ -6,6 +6,7 @@ promptrun run [--batch-key K] [--prompt SLUG ...] [--model SLUG ...]
 promptrun poll [--until-done BATCH ...] [--lambda-endpoint URL]
 promptrun summary BATCH            promptrun watch BATCH
 promptrun local up | down          promptrun demo
+promptrun pause|resume --model SLUG | --provider NAME     promptrun models
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from promptrun import cli_flow
 from promptrun.errors import PromptrunError
 from promptrun.local.events import api_gateway_event, bearer, scheduled_event
 
@@ -252,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("batch_key")
     cancel.add_argument("--model", help="only this model's jobs")
     cancel.set_defaults(func=cmd_cancel)
+    cli_flow.add_commands(sub)
     local = sub.add_parser("local", help="start or stop the local PostgreSQL and moto")
     local.add_argument("action", choices=["up", "down"])
     local.set_defaults(func=cmd_local)

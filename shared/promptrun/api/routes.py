@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from promptrun import __version__, queries
+from promptrun.api import models_routes
 from promptrun.aws import get_secret_string
 from promptrun.catalog import SLUG_PATTERN
 from promptrun.db.engine import get_engine
@@ -241,6 +242,8 @@ def build_app(
         return queries.entity_counts(
             engine_factory(), batch_key=batch_key, prompt=prompt, model=model, limit=limit
         )
+
+    models_routes.register(app, engine_factory, _ERRORS_404)
 
     @cache
     def openapi_document() -> str:

@@ -123,12 +123,17 @@ class JobQueue:
         failed.update({k: v for k, v in errors.items() if k not in sent})
         return sent, failed
 
-    def send_later(self, job_id: str, delay_seconds: int) -> None:
-        """A fresh message for one job, visible after `delay_seconds` (at most 900).
-        Raises when SQS did not take it."""
-        result = self.send_jobs([job_id], delay_seconds)
-        if result.failed:
-            raise RuntimeError(f"SQS refused the message: {result.failed[job_id]}")
+    def send_later(self, job_id: str, delay_seconds: int, turn: float | None = None) -> None:
+        """A fresh message for one job, visible after `delay_seconds` (at most 900), with the
+        job's turn behind a rate limit as a hint. Raises when SQS did not take it."""
+        body: dict[str, object] = {"job_id": job_id}
+        if turn is not None:
+            body["turn"] = round(turn, 3)
+        self.sqs.send_message(
+            QueueUrl=self.queue_url,
+            MessageBody=json.dumps(body),
+            DelaySeconds=max(0, min(MAX_DELAY_SECONDS, int(delay_seconds))),
+        )
 
     def delay_message(self, receipt_handle: str, seconds: int) -> None:
         """Make a received message visible again after `seconds` (SQS allows up to 12 h)."""

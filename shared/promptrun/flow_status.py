@@ -21,7 +21,9 @@ class Limits(BaseModel):
 
 
 class Effective(BaseModel):
-    rpm: float | None = Field(description="the rate in use now (lowered after 429s)")
+    rpm: float | None = Field(
+        description="the rate admitted now: 95% of the configured one, lowered after 429s"
+    )
     tpm: float | None
     rate_factor: float = Field(description="share of the configured rates in use, 0-1")
 
@@ -76,6 +78,10 @@ def _num(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def list_models(engine: Engine) -> ModelList:
     with engine.connect() as conn:
         rows = conn.execute(_MODELS).mappings().all()
@@ -95,8 +101,8 @@ def list_models(engine: Engine) -> ModelList:
                 if r["group_key"]
                 else None,
                 effective=Effective(
-                    rpm=None if r["rpm"] is None else round(r["rpm"] * factor, 2),
-                    tpm=None if r["tpm"] is None else round(r["tpm"] * factor, 2),
+                    rpm=_round(limits.effective(r["rpm"], factor)),
+                    tpm=_round(limits.effective(r["tpm"], factor)),
                     rate_factor=round(factor, 4),
                 ),
                 in_flight=r["in_flight"] or 0,

@@ -41,6 +41,11 @@ DECREASE_COOLDOWN = 2.0
 MIN_RATE_FACTOR = 0.05
 # How long a paused or over-budget job waits before it looks again (SQS's longest delay).
 RECHECK_SECONDS = 900.0
+# Share of a configured rate aimed at: a provider counts calls as they arrive (an extraction
+# follows its answer by the answer's latency), so admission keeps a little room.
+TARGET_SHARE = 0.95
+# A turn this close is due (clocks and message delays are not exact).
+TURN_TOLERANCE = 0.05
 # Wait for a free concurrency slot: a model call's typical length, spread by the caller.
 SLOT_WAIT_SECONDS = 2.0
 DEFAULT_MAX_TOKENS = 1024
@@ -72,6 +77,9 @@ class Admission:
     reason: str | None = None
     keys: tuple[str, ...] = ()
     budget_periods: tuple[tuple[str, str], ...] = ()
+    # A job held back by a rate gets a turn (epoch seconds, database clock): come back then
+    # and pass it to admit, to go ahead of jobs that arrived after it.
+    turn: float | None = None
 
 
 def estimate_tokens(prompt: str, system: str | None, params: dict[str, Any]) -> int:
@@ -104,7 +112,8 @@ def gcra_grant(
 
 
 def effective(per_minute: int | None, factor: float) -> float | None:
-    return None if per_minute is None else max(per_minute * factor, 1e-3)
+    """The rate admitted now: the configured one, less the headroom, times the adaptive factor."""
+    return None if per_minute is None else max(per_minute * TARGET_SHARE * factor, 1e-3)
 
 
 def increase_step(rpm: int | None) -> float:
@@ -146,12 +155,13 @@ _TAKE = text(
     """
     UPDATE flow_limits AS f SET
         in_flight = v.in_flight, request_tat = v.request_tat, token_tat = v.token_tat,
-        recounted_at = v.recounted_at
+        recounted_at = v.recounted_at, queue_tat = v.queue_tat
     FROM (SELECT unnest(CAST(:keys AS text[])) AS key,
                  unnest(CAST(:in_flight AS int[])) AS in_flight,
                  unnest(CAST(:request_tat AS float8[])) AS request_tat,
                  unnest(CAST(:token_tat AS float8[])) AS token_tat,
-                 unnest(CAST(:recounted_at AS float8[])) AS recounted_at) v
+                 unnest(CAST(:recounted_at AS float8[])) AS recounted_at,
+                 unnest(CAST(:queue_tat AS float8[])) AS queue_tat) v
     WHERE f.key = v.key
     """
 )
@@ -178,11 +188,13 @@ def admit(
     demand: Demand,
     *,
     claimed: bool = False,
+    turn: float | None = None,
 ) -> Admission:
     """Admit up to `wanted` jobs of one model (and its group) now, inside the caller's
     transaction (roll it back and nothing was taken). `claimed`: the caller has already
-    marked these jobs processing in this transaction (a recount sees them). Rows missing
-    (a model synced before limits existed): no limits."""
+    marked these jobs processing in this transaction (a recount sees them). `turn`: the turn
+    an earlier admission gave these jobs. Rows missing (a model synced before limits
+    existed): no limits."""
     rows = [dict(r) for r in conn.execute(_LOCK_ROWS, {"mk": model_key(model_slug)}).mappings()]
     limit_rows = [r for r in rows if r["key"] != CATALOG_KEY]
     if not limit_rows:
@@ -228,16 +240,25 @@ def admit(
                     reason = f"budget: {scope} near its {_money(cap)} cap"
 
     updates: list[dict[str, Any]] = []
+    rate_held = False
     for r in limit_rows:
         free, recounted_at = _free_slots(conn, r, now, granted, wanted if claimed else 0)
+        r["recounted_at"] = recounted_at
         if free < granted:
             granted, wait = max(free, 0), SLOT_WAIT_SECONDS
             reason = f"max_concurrency: {r['key']} has {r['max_concurrency']} calls in flight"
+        if turn is not None and now < turn - TURN_TOLERANCE:
+            granted, wait, reason = 0, turn - now, f"rate: {r['key']}: waiting for its turn"
+        elif turn is None and _rated(r) and r["queue_tat"] > now + TURN_TOLERANCE:
+            # Jobs already hold turns for this rate: a newcomer queues behind them.
+            granted, wait, reason = 0, r["queue_tat"] - now, f"rate: {r['key']}: jobs ahead"
+            rate_held = True
         n_req, req_wait = gcra_grant(
             r["request_tat"], now, effective(r["rpm"], r["rate_factor"]), demand.requests, granted
         )
         if n_req < granted:
             granted, wait = n_req, req_wait
+            rate_held = True
             reason = (
                 f"rpm: {r['key']} at its request rate"
                 if r["rpm"] is not None
@@ -248,15 +269,29 @@ def admit(
         )
         if n_tok < granted:
             granted, wait, reason = n_tok, tok_wait, f"tpm: {r['key']} at its token rate"
-        r["recounted_at"] = recounted_at
+            rate_held = True
+    new_turn: float | None = None
+    if rate_held and turn is None:
+        # Hand the held jobs the next turns: each comes back when there is room for it.
+        held = wanted - granted
+        start = now + wait
+        for r in limit_rows:
+            if _rated(r):
+                start = max(start, r["queue_tat"])
+        for r in limit_rows:
+            if _rated(r):
+                r["queue_tat"] = start + held * _job_interval(r, demand)
+        new_turn, wait = start, start - now
+    elif turn is not None and granted < wanted:
+        new_turn = now + wait  # keeps its place: only the rate itself holds it now
     if granted == 0:
-        recounted = [r for r in limit_rows if r["recounted_at"] == now]
-        if recounted:  # a repaired count is worth keeping even when nothing is admitted
+        changed = [r for r in limit_rows if r["recounted_at"] == now or (rate_held and _rated(r))]
+        if changed:  # a repaired count or handed-out turns are kept even when nothing starts
             updates = [
-                _row_update(r, r["in_flight"], r["request_tat"], r["token_tat"]) for r in recounted
+                _row_update(r, r["in_flight"], r["request_tat"], r["token_tat"]) for r in changed
             ]
             conn.execute(_TAKE, _columns(updates))
-        return Admission(0, wait, reason, keys)
+        return Admission(0, wait, reason, keys, turn=new_turn)
     for r in limit_rows:
         req_rate = effective(r["rpm"], r["rate_factor"])
         tok_rate = effective(r["tpm"], r["rate_factor"])
@@ -271,7 +306,22 @@ def admit(
     budget_periods = tuple((s, p) for s, p, _ in periods)
     if budget_periods and demand.cost_usd > 0:
         _add_spend(conn, budget_periods, demand.cost_usd * granted)
-    return Admission(granted, wait, reason, keys, budget_periods)
+    return Admission(granted, wait, reason, keys, budget_periods, new_turn)
+
+
+def _rated(row: dict[str, Any]) -> bool:
+    return row["rpm"] is not None or row["tpm"] is not None
+
+
+def _job_interval(row: dict[str, Any], demand: Demand) -> float:
+    """Seconds of the row's rate one job uses."""
+    seconds = 0.0
+    rpm, tpm = effective(row["rpm"], row["rate_factor"]), effective(row["tpm"], row["rate_factor"])
+    if rpm is not None:
+        seconds = max(seconds, demand.requests * 60.0 / rpm)
+    if tpm is not None:
+        seconds = max(seconds, demand.tokens * 60.0 / tpm)
+    return seconds
 
 
 def _free_slots(
@@ -298,6 +348,7 @@ def _row_update(
         "request_tat": request_tat,
         "token_tat": token_tat,
         "recounted_at": row["recounted_at"],
+        "queue_tat": row["queue_tat"],
     }
 
 
@@ -308,6 +359,7 @@ def _columns(updates: list[dict[str, Any]]) -> dict[str, list[Any]]:
         "request_tat": [float(u["request_tat"]) for u in updates],
         "token_tat": [float(u["token_tat"]) for u in updates],
         "recounted_at": [float(u["recounted_at"]) for u in updates],
+        "queue_tat": [float(u["queue_tat"]) for u in updates],
     }
 
 
@@ -329,7 +381,8 @@ _RELEASE = text(
     UPDATE flow_limits AS f SET
         in_flight = GREATEST(f.in_flight - :calls, 0),
         token_tat = CASE WHEN f.tpm IS NULL THEN f.token_tat
-                         ELSE f.token_tat + CAST(:token_delta AS float8) * 60.0 / (f.tpm * f.rate_factor) END,
+                         ELSE f.token_tat + CAST(:token_delta AS float8) * 60.0
+                              / (f.tpm * CAST(:share AS float8) * f.rate_factor) END,
         rate_factor = CASE WHEN CAST(:succeeded AS boolean)
                            THEN LEAST(1.0, f.rate_factor
                                 + 1.0 / GREATEST(20.0, COALESCE(f.rpm, 40) / 2.0))
@@ -390,6 +443,7 @@ def release(
             "calls": 1,
             "token_delta": float(tokens_used - lease.demand.tokens) if tokens_used else 0.0,
             "succeeded": succeeded,
+            "share": TARGET_SHARE,
         },
     )
     if throttled_for is not None:
@@ -508,9 +562,9 @@ def sync_config(conn: Connection, configs: Sequence[LimitConfig]) -> dict[str, l
             text(
                 "INSERT INTO flow_limits (key, provider, group_key, max_concurrency, rpm, tpm, "
                 "budget_batch_usd, budget_day_usd, paused, in_flight, request_tat, token_tat, "
-                "rate_factor, decreased_at, recounted_at, throttled) VALUES (:key, :provider, "
+                "rate_factor, decreased_at, recounted_at, throttled, queue_tat) VALUES (:key, :provider, "
                 ":group_key, :max_concurrency, :rpm, :tpm, :budget_batch_usd, :budget_day_usd, "
-                "false, 0, 0, 0, 1, 0, 0, 0) ON CONFLICT (key) DO UPDATE SET "
+                "false, 0, 0, 0, 1, 0, 0, 0, 0) ON CONFLICT (key) DO UPDATE SET "
                 + ", ".join(f"{f} = EXCLUDED.{f}" for f in _CONFIG_FIELDS)
                 + ", updated_at = now()"
             ),

@@ -26,8 +26,9 @@ MIN_CALL_SECONDS = 2.0
 MILLION = Decimal(1_000_000)
 # An extraction refused by the provider's rate limiter is retried in the attempt this often,
 # when its Retry-After is this short (seconds).
-EXTRACTION_RATE_LIMIT_TRIES = 3
+EXTRACTION_RATE_LIMIT_TRIES = 4
 EXTRACTION_WAIT_MAX = 10.0
+EXTRACTION_MIN_WAIT = 0.5
 
 ProviderFactory = Callable[[str, Settings], Provider]
 
@@ -114,7 +115,7 @@ class ModelCaller:
                 break
             except ProviderError as err:
                 add_billed(spent, extractor, err)
-                wait = err.retry_after or 1.0
+                wait = max(err.retry_after or 0.0, EXTRACTION_MIN_WAIT)
                 if err.kind != ErrorKind.RATE_LIMIT or not tries_left or wait > EXTRACTION_WAIT_MAX:
                     raise
                 # The answer is paid for: wait out the rate limit rather than redo it later.

@@ -8,6 +8,7 @@ calls and the stored result are model_call.py's; waiting is waiting.py's; limits
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,14 @@ from promptrun.observability import logger, metrics
 from promptrun.providers import ErrorKind, ProviderError, get_provider
 from promptrun.providers.errors import redact
 from promptrun.settings import Settings
-from promptrun.waiting import REFRESH_RECEIVE_COUNT, RetryLater, demand_for, message_delay, spread
+from promptrun.waiting import (
+    REFRESH_RECEIVE_COUNT,
+    RetryLater,
+    demand_for,
+    message_delay,
+    spread,
+    wait_inline,
+)
 
 __all__ = ["JobMessage", "JobRunner", "Outcome", "RetryLater", "call_cost", "parse_message"]
 
@@ -36,6 +44,8 @@ __all__ = ["JobMessage", "JobRunner", "Outcome", "RetryLater", "call_cost", "par
 class JobMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     job_id: uuid.UUID
+    # A hint, not trusted for correctness: the job's turn behind a rate (limits.admit).
+    turn: float | None = None
 
 
 class Outcome(StrEnum):
@@ -88,8 +98,17 @@ class JobRunner:
         resend = self.queue is not None and receipt_handle is not None
         if resend and receive_count >= REFRESH_RECEIVE_COUNT:
             self._refresh(message.job_id)
+        turn = message.turn
         try:
-            outcome = self._run(message.job_id, remaining_ms)
+            while True:
+                try:
+                    outcome = self._run(message.job_id, remaining_ms, turn)
+                    break
+                except RetryLater as later:
+                    if not wait_inline(later, remaining_ms):
+                        raise
+                    turn = later.turn
+                    time.sleep(later.delay)
         except RetryLater as later:
             metrics.add_metric(
                 name="JobsRetried" if later.retry else "JobsWaited", unit=MetricUnit.Count, value=1
@@ -100,7 +119,7 @@ class JobRunner:
                 raise
             try:
                 assert self.queue is not None
-                self.queue.send_later(str(message.job_id), message_delay(later.delay))
+                self.queue.send_later(str(message.job_id), message_delay(later.delay), later.turn)
                 metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
             except Exception as exc:  # the record comes back after its visibility timeout
                 logger.warning("could not send the job back", extra={"error": type(exc).__name__})
@@ -122,7 +141,9 @@ class JobRunner:
         except Exception as exc:  # no worse than before: this record still counts
             logger.warning("could not refresh the message", extra={"error": type(exc).__name__})
 
-    def _claim(self, job_id: uuid.UUID) -> tuple[ClaimedJob | None, limits.Lease | None, Outcome]:
+    def _claim(
+        self, job_id: uuid.UUID, turn: float | None = None
+    ) -> tuple[ClaimedJob | None, limits.Lease | None, Outcome]:
         """Claim and admit in one transaction: a job its limits hold back is left as it was
         (no attempt used), with the reason written on it; RetryLater says when to come back."""
         wait: RetryLater | None = None
@@ -154,7 +175,7 @@ class JobRunner:
             elif job.model_enabled:
                 demand = demand_for(job)
                 admission = limits.admit(
-                    conn, job.model_slug, job.batch_key, 1, demand, claimed=True
+                    conn, job.model_slug, job.batch_key, 1, demand, claimed=True, turn=turn
                 )
                 if admission.granted:
                     lease = limits.Lease.of(admission, demand)
@@ -162,13 +183,24 @@ class JobRunner:
                     attempt.rollback()
                     reason = admission.reason or "limits"
                     limits.note_wait(conn, [job_id], reason)
-                    job, wait = None, RetryLater(spread(admission.wait_seconds), reason)
+                    # A turn is exact; other waits are spread so they do not return together.
+                    delay = (
+                        admission.wait_seconds
+                        if admission.turn is not None
+                        else spread(admission.wait_seconds)
+                    )
+                    job, wait = None, RetryLater(delay, reason, turn=admission.turn)
         if wait is not None:
             raise wait
         return job, lease, unclaimed
 
-    def _run(self, job_id: uuid.UUID, remaining_ms: Callable[[], int] | None) -> Outcome:
-        job, lease, unclaimed = self._claim(job_id)
+    def _run(
+        self,
+        job_id: uuid.UUID,
+        remaining_ms: Callable[[], int] | None,
+        turn: float | None = None,
+    ) -> Outcome:
+        job, lease, unclaimed = self._claim(job_id, turn)
         if job is None:
             return unclaimed
         log = {

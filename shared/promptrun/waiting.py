@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 from promptrun import limits
 from promptrun.aws import MAX_DELAY_SECONDS
@@ -27,7 +28,13 @@ class RetryLater(Exception):
     batchItemFailures when there is no queue to send to)."""
 
     def __init__(
-        self, delay: float, reason: str, *, retry: bool = False, optional: bool = False
+        self,
+        delay: float,
+        reason: str,
+        *,
+        retry: bool = False,
+        optional: bool = False,
+        turn: float | None = None,
     ) -> None:
         super().__init__(f"retry in {delay:.1f}s: {reason}")
         self.delay = delay
@@ -35,6 +42,20 @@ class RetryLater(Exception):
         self.retry = retry  # an attempt failed (True) or the job waits without one (False)
         # Only worth a new message (a live worker's job, in case it dies): never a failed record.
         self.optional = optional
+        self.turn = turn  # the job's place behind a rate (limits.Admission.turn)
+
+
+# Waits this short are waited out in the invocation (billed, but no message, no receive, and
+# the processor takes no more records meanwhile), when enough Lambda time is left after them.
+INLINE_WAIT_MAX = 20.0
+INLINE_TIME_LEFT = 20.0
+
+
+def wait_inline(later: RetryLater, remaining_ms: Callable[[], int] | None) -> bool:
+    """Whether to sleep through this wait here rather than send the job back."""
+    if remaining_ms is None or later.optional or later.delay > INLINE_WAIT_MAX:
+        return False
+    return remaining_ms() / 1000 - later.delay >= INLINE_TIME_LEFT
 
 
 def spread(seconds: float) -> float:

@@ -30,6 +30,6 @@ def test_no_limit_only_waits_for_a_pushed_back_arrival_time() -> None:
 
 def test_effective_rate_and_estimate() -> None:
     assert effective(None, 0.5) is None
-    assert effective(600, 0.5) == 300
+    assert effective(600, 0.5) == pytest.approx(600 * 0.95 * 0.5)
     assert estimate_tokens("x" * 40, "y" * 8, {"max_tokens": 100}) == 12 + 100
     assert estimate_tokens("abc", None, {}) == 1 + 1024

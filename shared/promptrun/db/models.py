@@ -191,6 +191,8 @@ class FlowLimit(Base):
     # GCRA theoretical arrival times, epoch seconds of the database clock.
     request_tat: Mapped[float] = mapped_column(Float, nullable=False, default=0)
     token_tat: Mapped[float] = mapped_column(Float, nullable=False, default=0)
+    # The last turn handed to a job held back by the rates (see limits.admit).
+    queue_tat: Mapped[float] = mapped_column(Float, nullable=False, default=0)
     # Share of the configured rates in use: halved on 429, raised step by step on success.
     rate_factor: Mapped[float] = mapped_column(Float, nullable=False, default=1)
     decreased_at: Mapped[float] = mapped_column(Float, nullable=False, default=0)

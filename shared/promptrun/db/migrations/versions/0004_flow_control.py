@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("in_flight", sa.Integer(), nullable=False),
         sa.Column("request_tat", sa.Float(), nullable=False),
         sa.Column("token_tat", sa.Float(), nullable=False),
+        sa.Column("queue_tat", sa.Float(), nullable=False),
         sa.Column("rate_factor", sa.Float(), nullable=False),
         sa.Column("decreased_at", sa.Float(), nullable=False),
         sa.Column("recounted_at", sa.Float(), nullable=False),
@@ -63,8 +64,9 @@ def upgrade() -> None:
     # Every existing model gets its admission row, with the concurrency it already had.
     op.execute(
         "INSERT INTO flow_limits (key, provider, max_concurrency, paused, in_flight, request_tat, "
-        "token_tat, rate_factor, decreased_at, recounted_at, throttled) "
-        "SELECT 'model:' || slug, provider, max_concurrency, false, 0, 0, 0, 1, 0, 0, 0 FROM models"
+        "token_tat, queue_tat, rate_factor, decreased_at, recounted_at, throttled) "
+        "SELECT 'model:' || slug, provider, max_concurrency, false, 0, 0, 0, 0, 1, 0, 0, 0 "
+        "FROM models"
     )
 
 

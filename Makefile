@@ -86,6 +86,7 @@ test: venv sam-cli ## everything: lint, sam validate/build, unit, integration an
 .PHONY: bench
 bench: venv ## benchmarks that print figures
 	$(VENV)/bin/python -m tests.bench.run
+	$(VENV)/bin/python -m tests.bench.flow
 
 .PHONY: clean
 clean: down ## remove build output and local state

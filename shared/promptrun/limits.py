@@ -9,7 +9,7 @@ holds the configured limits (max_concurrency, rpm, tpm, budgets, paused) and the
 - requests and tokens: GCRA, a theoretical arrival time per row (`request_tat`,
   `token_tat`, epoch seconds of the database clock) that each admission pushes forward by
   cost x emission interval; tokens are estimated before the call and reconciled after it;
-- adaptive rate: `rate_factor` scales the configured rpm/tpm; a 429 halves it (at most once
+- adaptive rate: `rate_factor` scales the configured rpm/tpm; a 429 cuts it by 30% (at most once
   per cooldown) and pushes the arrival time past the provider's Retry-After; every success
   adds a small step back (AIMD);
 - budgets: USD per batch and per day in `budget_spend`, the estimate of a call reserved at
@@ -39,6 +39,11 @@ RECOUNT_SECONDS = 5.0
 # Rate decreases closer together than this are one event (a burst of 429s from one overload).
 DECREASE_COOLDOWN = 2.0
 MIN_RATE_FACTOR = 0.05
+# Multiplicative decrease on a 429; additive increase per success, in steps of
+# 1 / max(INCREASE_MIN_STEPS, rpm / INCREASE_DIVISOR).
+DECREASE_FACTOR = 0.7
+INCREASE_MIN_STEPS = 10.0
+INCREASE_DIVISOR = 8.0
 # How long a paused or over-budget job waits before it looks again (SQS's longest delay).
 RECHECK_SECONDS = 900.0
 # Share of a configured rate aimed at: a provider counts calls as they arrive (an extraction
@@ -117,8 +122,9 @@ def effective(per_minute: int | None, factor: float) -> float | None:
 
 
 def increase_step(rpm: int | None) -> float:
-    """Additive increase per success: back from half rate in about half a minute of calls."""
-    return 1.0 / max(20.0, (rpm or 40) / 2.0)
+    """Additive increase per successful job: back from one decrease in about ten seconds of
+    calls at the configured rate (the release statement computes the same in SQL)."""
+    return 1.0 / max(INCREASE_MIN_STEPS, (rpm or 40) / INCREASE_DIVISOR)
 
 
 # --- admission -------------------------------------------------------------------------------
@@ -385,7 +391,8 @@ _RELEASE = text(
                               / (f.tpm * CAST(:share AS float8) * f.rate_factor) END,
         rate_factor = CASE WHEN CAST(:succeeded AS boolean)
                            THEN LEAST(1.0, f.rate_factor
-                                + 1.0 / GREATEST(20.0, COALESCE(f.rpm, 40) / 2.0))
+                                + 1.0 / GREATEST(CAST(:min_steps AS float8),
+                                                 COALESCE(f.rpm, 40) / CAST(:divisor AS float8)))
                            ELSE f.rate_factor END,
         updated_at = now()
     WHERE f.key IN (
@@ -396,7 +403,8 @@ _THROTTLE = text(
     """
     UPDATE flow_limits AS f SET
         rate_factor = CASE WHEN f.decreased_at < EXTRACT(EPOCH FROM clock_timestamp()) - :cooldown
-                           THEN GREATEST(:min_factor, f.rate_factor * 0.5) ELSE f.rate_factor END,
+                           THEN GREATEST(:min_factor, f.rate_factor * CAST(:decrease AS float8))
+                           ELSE f.rate_factor END,
         decreased_at = CASE WHEN f.decreased_at < EXTRACT(EPOCH FROM clock_timestamp()) - :cooldown
                             THEN EXTRACT(EPOCH FROM clock_timestamp()) ELSE f.decreased_at END,
         -- the burst tolerance on top: nothing starts before the provider's Retry-After
@@ -444,6 +452,8 @@ def release(
             "token_delta": float(tokens_used - lease.demand.tokens) if tokens_used else 0.0,
             "succeeded": succeeded,
             "share": TARGET_SHARE,
+            "min_steps": INCREASE_MIN_STEPS,
+            "divisor": INCREASE_DIVISOR,
         },
     )
     if throttled_for is not None:
@@ -453,6 +463,7 @@ def release(
                 "keys": list(lease.keys),
                 "cooldown": DECREASE_COOLDOWN,
                 "min_factor": MIN_RATE_FACTOR,
+                "decrease": DECREASE_FACTOR,
                 "wait": float(throttled_for),
                 "burst": BURST_SECONDS,
             },
@@ -506,12 +517,15 @@ def waiting_jobs(conn: Connection, slugs: Iterable[str], reason_prefix: str) -> 
 
 
 def note_wait(conn: Connection, job_ids: Sequence[Any], reason: str | None) -> None:
-    """Show why queued jobs wait (written only when it changes)."""
+    """Show why queued jobs wait. Also marks them enqueued now (their message is being sent
+    back), so the fan-out's repair pass does not take a long wait for a lost message.
+    Written when the reason changes, or every few minutes."""
     conn.execute(
         text(
-            "UPDATE prompt_jobs SET wait_reason = :reason, updated_at = now() "
+            "UPDATE prompt_jobs SET wait_reason = :reason, enqueued_at = now(), updated_at = now() "
             "WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued' "
-            "AND wait_reason IS DISTINCT FROM CAST(:reason AS text)"
+            "AND (wait_reason IS DISTINCT FROM CAST(:reason AS text) "
+            "     OR enqueued_at IS NULL OR enqueued_at < now() - interval '5 minutes')"
         ),
         {"ids": [str(i) for i in job_ids], "reason": reason},
     )

@@ -443,7 +443,7 @@ prompts: []
                 "FROM flow_limits WHERE key = 'model:a'"
             )
         ).one()
-        assert factor == pytest.approx(0.5)
+        assert factor == pytest.approx(0.7)  # multiplicative decrease
         assert tat >= float(now) + 1.0  # Retry-After holds every processor back
         held = limits.admit(conn, "a", "k", 1, demand)
         assert held.granted == 0 and held.wait_seconds > 1.0
@@ -455,7 +455,7 @@ prompts: []
         factor = conn.execute(
             text("SELECT rate_factor FROM flow_limits WHERE key = 'model:a'")
         ).scalar()
-    assert 0.5 < factor < 0.6  # additive increase: one small step per success
+    assert factor == pytest.approx(0.7 + 1 / 75)  # additive increase: one step per success
 
 
 def test_a_record_received_again_and_again_is_refreshed(

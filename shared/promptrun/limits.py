@@ -418,6 +418,18 @@ _THROTTLE = text(
 )
 
 
+_HOLD = text(
+    """
+    UPDATE flow_limits AS f SET
+        request_tat = GREATEST(f.request_tat,
+                               EXTRACT(EPOCH FROM clock_timestamp()) + CAST(:wait AS float8)),
+        updated_at = now()
+    WHERE f.key IN (
+        SELECT key FROM flow_limits WHERE key = ANY(CAST(:keys AS text[])) ORDER BY key FOR UPDATE)
+    """
+)
+
+
 @dataclass(frozen=True)
 class Lease:
     """What one admitted job holds: released once, in the transaction that ends its attempt."""
@@ -439,9 +451,11 @@ def release(
     cost_usd: Decimal,
     succeeded: bool,
     throttled_for: float | None = None,
+    quota_wait: float | None = None,
 ) -> None:
     """The call is over: free its slot, reconcile tokens and spend with what was reported,
-    and adapt the rate (a 429: `throttled_for` seconds of Retry-After)."""
+    and adapt the rate (a 429: `throttled_for` seconds of Retry-After, and a decrease;
+    `quota_wait`: the provider's headers said its quota is used up for that long)."""
     if lease is None or not lease.keys:
         return
     conn.execute(
@@ -456,6 +470,8 @@ def release(
             "divisor": INCREASE_DIVISOR,
         },
     )
+    if quota_wait and throttled_for is None:
+        conn.execute(_HOLD, {"keys": list(lease.keys), "wait": float(quota_wait)})
     if throttled_for is not None:
         conn.execute(
             _THROTTLE,

@@ -178,5 +178,6 @@ class ModelCaller:
                 cost_usd=spent.cost_usd,
                 succeeded=throttled is None,
                 throttled_for=throttled,
+                quota_wait=completion.quota_wait,
             )
         return len(entities), latency_ms

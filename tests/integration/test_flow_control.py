@@ -25,7 +25,7 @@ from promptrun.fanout import FanoutRequest, run_fanout
 from promptrun.local.events import api_gateway_event, bearer
 from promptrun.local.lambda_runtime import LocalContext, load_handler
 from promptrun.local.poller import sqs_event
-from promptrun.processor import JobRunner, Outcome
+from promptrun.processor import JobRunner, Outcome, RetryLater
 from promptrun.settings import Settings, get_settings
 from tests.conftest import sync, with_settings
 from tests.support.fake_openai import FakeOpenAI
@@ -456,6 +456,30 @@ prompts: []
             text("SELECT rate_factor FROM flow_limits WHERE key = 'model:a'")
         ).scalar()
     assert factor == pytest.approx(0.7 + 1 / 75)  # additive increase: one step per success
+
+
+def test_rate_limit_headers_of_an_answer_hold_the_model_back(
+    engine: Engine, settings: Settings, sqs: Any, openai_server: FakeOpenAI
+) -> None:
+    """An answer whose headers say the request quota is used up (remaining 0, reset in 20 s)
+    holds every processor's next call of that model back until the reset, without a 429."""
+    settings = keyed(settings)
+    sync(engine, catalogue(openai_server, runs=2))
+    answer = openai_server.completion("Acme CRM is fine.")
+    answer.headers.update(
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "20s"}
+    )
+    openai_server.push(answer)
+    fan_out(engine, settings)
+    first, second = receive_all(sqs, settings.jobs_queue_url, delete=True)
+    runner = runner_for(engine, settings)
+    assert runner.handle(first["Body"], first["ReceiptHandle"]) == Outcome.SUCCEEDED
+    with pytest.raises(RetryLater, match="Retry-After") as held:
+        runner.handle(second["Body"], None)
+    assert 15 < held.value.delay <= 20
+    assert openai_server.request_count == 2  # the first job's answer and extraction only
+    rows = [r for r in jobs_by(engine, "status", "wait_reason") if r["status"] == "queued"]
+    assert len(rows) == 1 and "Retry-After" in rows[0]["wait_reason"]
 
 
 def test_a_record_received_again_and_again_is_refreshed(

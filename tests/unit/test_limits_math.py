@@ -33,3 +33,28 @@ def test_effective_rate_and_estimate() -> None:
     assert effective(600, 0.5) == pytest.approx(600 * 0.95 * 0.5)
     assert estimate_tokens("x" * 40, "y" * 8, {"max_tokens": 100}) == 12 + 100
     assert estimate_tokens("abc", None, {}) == 1 + 1024
+
+
+def test_quota_wait_reads_exhausted_buckets_only() -> None:
+    from promptrun.providers.errors import quota_wait
+
+    assert (
+        quota_wait({"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "2s"})
+        is None
+    )
+    assert quota_wait(
+        {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1m30s",
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": "250ms",
+        }
+    ) == pytest.approx(90.0)
+    assert quota_wait(
+        {
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-requests-reset": "2026-11-23T12:00:30Z",
+        },
+        now=1795435200.0,  # 2026-11-23T12:00:00Z
+    ) == pytest.approx(30.0)
+    assert quota_wait(None) is None

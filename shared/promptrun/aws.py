@@ -134,11 +134,3 @@ class JobQueue:
             MessageBody=json.dumps(body),
             DelaySeconds=max(0, min(MAX_DELAY_SECONDS, int(delay_seconds))),
         )
-
-    def delay_message(self, receipt_handle: str, seconds: int) -> None:
-        """Make a received message visible again after `seconds` (SQS allows up to 12 h)."""
-        self.sqs.change_message_visibility(
-            QueueUrl=self.queue_url,
-            ReceiptHandle=receipt_handle,
-            VisibilityTimeout=max(0, min(int(seconds), 43200)),
-        )

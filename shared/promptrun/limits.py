@@ -121,12 +121,6 @@ def effective(per_minute: int | None, factor: float) -> float | None:
     return None if per_minute is None else max(per_minute * TARGET_SHARE * factor, 1e-3)
 
 
-def increase_step(rpm: int | None) -> float:
-    """Additive increase per successful job: back from one decrease in about ten seconds of
-    calls at the configured rate (the release statement computes the same in SQL)."""
-    return 1.0 / max(INCREASE_MIN_STEPS, (rpm or 40) / INCREASE_DIVISOR)
-
-
 # --- admission -------------------------------------------------------------------------------
 
 _LOCK_ROWS = text(

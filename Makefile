@@ -95,6 +95,7 @@ test: venv sam-cli ## everything: lint, sam validate/build, engine + network che
 .PHONY: bench
 bench: venv ## benchmarks that print figures
 	$(VENV)/bin/python -m tests.bench.run
+	$(VENV)/bin/python -m tests.bench.flow
 
 .PHONY: clean
 clean: down ## remove build output and local state

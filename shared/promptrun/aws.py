@@ -22,6 +22,7 @@ from promptrun.observability import logger
 
 _client_lock = threading.Lock()
 SQS_BATCH = 10
+MAX_DELAY_SECONDS = 900  # SQS's DelaySeconds ceiling
 SEND_THREADS = 8
 
 
@@ -68,19 +69,29 @@ class JobQueue:
         self.sqs = sqs or client("sqs")
         self.max_tries = max_tries
 
-    def send_jobs(self, job_ids: Iterable[str]) -> SendResult:
+    def send_jobs(self, job_ids: Iterable[str], delay_seconds: int = 0) -> SendResult:
+        """One message per job id; `delay_seconds` (at most 900) before any is visible."""
+        delay = max(0, min(MAX_DELAY_SECONDS, int(delay_seconds)))
         sent: list[str] = []
         failed: dict[str, str] = {}
         ids = list(job_ids)
         chunks = [ids[start : start + SQS_BATCH] for start in range(0, len(ids), SQS_BATCH)]
+        if len(chunks) <= 1:  # one call: no pool to start
+            for chunk in chunks:
+                chunk_sent, chunk_failed = self._send_chunk(chunk, delay)
+                sent.extend(chunk_sent)
+                failed.update(chunk_failed)
+            return SendResult(sent=sent, failed=failed)
         # SendMessageBatch calls are round trips: a few at once (boto3 clients are thread-safe).
         with ThreadPoolExecutor(max_workers=min(SEND_THREADS, max(1, len(chunks)))) as pool:
-            for chunk_sent, chunk_failed in pool.map(self._send_chunk, chunks):
+            for chunk_sent, chunk_failed in pool.map(
+                lambda chunk: self._send_chunk(chunk, delay), chunks
+            ):
                 sent.extend(chunk_sent)
                 failed.update(chunk_failed)
         return SendResult(sent=sent, failed=failed)
 
-    def _send_chunk(self, ids: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    def _send_chunk(self, ids: Sequence[str], delay: int = 0) -> tuple[list[str], dict[str, str]]:
         pending = {str(i): job_id for i, job_id in enumerate(ids)}
         sent: list[str] = []
         errors: dict[str, str] = {}
@@ -91,6 +102,7 @@ class JobQueue:
                 time.sleep(min(2.0, 0.1 * 2**attempt))
             entries = [
                 {"Id": entry_id, "MessageBody": json.dumps({"job_id": job_id})}
+                | ({"DelaySeconds": delay} if delay else {})
                 for entry_id, job_id in pending.items()
             ]
             try:
@@ -111,10 +123,14 @@ class JobQueue:
         failed.update({k: v for k, v in errors.items() if k not in sent})
         return sent, failed
 
-    def delay_message(self, receipt_handle: str, seconds: int) -> None:
-        """Make a received message visible again after `seconds` (SQS allows up to 12 h)."""
-        self.sqs.change_message_visibility(
+    def send_later(self, job_id: str, delay_seconds: int, turn: float | None = None) -> None:
+        """A fresh message for one job, visible after `delay_seconds` (at most 900), with the
+        job's turn behind a rate limit as a hint. Raises when SQS did not take it."""
+        body: dict[str, object] = {"job_id": job_id}
+        if turn is not None:
+            body["turn"] = round(turn, 3)
+        self.sqs.send_message(
             QueueUrl=self.queue_url,
-            ReceiptHandle=receipt_handle,
-            VisibilityTimeout=max(0, min(int(seconds), 43200)),
+            MessageBody=json.dumps(body),
+            DelaySeconds=max(0, min(MAX_DELAY_SECONDS, int(delay_seconds))),
         )

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine, select
 
+from promptrun import limits
 from promptrun.catalog_params import param_problems
 from promptrun.db.engine import session_scope
 from promptrun.db.models import Model, Prompt, PromptVersion
@@ -30,6 +31,24 @@ class Prices(BaseModel):
     output: Decimal = Field(default=Decimal(0), ge=0)
 
 
+class Budget(BaseModel):
+    """USD a scope may spend per batch and per (UTC) day; each optional."""
+
+    model_config = ConfigDict(extra="forbid")
+    per_batch: Decimal | None = Field(default=None, gt=0)
+    per_day: Decimal | None = Field(default=None, gt=0)
+
+
+class LimitGroup(BaseModel):
+    """A provider quota several models share (OpenAI per organisation, Bedrock per region)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=SLUG_PATTERN)
+    max_concurrency: int | None = Field(default=None, ge=1, le=10000)
+    rpm: int | None = Field(default=None, ge=1, le=10_000_000)
+    tpm: int | None = Field(default=None, ge=1, le=1_000_000_000)
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     slug: str = Field(pattern=SLUG_PATTERN)
@@ -39,6 +58,10 @@ class ModelEntry(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     price_per_mtok: Prices = Field(default_factory=Prices)
     max_concurrency: int = Field(default=4, ge=1, le=1000)
+    rpm: int | None = Field(default=None, ge=1, le=10_000_000)  # requests per minute
+    tpm: int | None = Field(default=None, ge=1, le=1_000_000_000)  # tokens per minute
+    limit_group: str | None = None  # a name from limit_groups: a quota shared with others
+    budget_usd: Budget | None = None
     enabled: bool = True
     # The model that extracts entities from this model's answers (default: the catalogue's
     # extraction_model, else this model itself).
@@ -66,6 +89,8 @@ class PromptEntry(BaseModel):
 class CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     extraction_model: str | None = None
+    budget_usd: Budget | None = None  # catalogue-wide
+    limit_groups: list[LimitGroup] = Field(default_factory=list)
     models: list[ModelEntry] = Field(default_factory=list)
     prompts: list[PromptEntry] = Field(default_factory=list)
 
@@ -86,7 +111,7 @@ def _where(data: Any, loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             slug = (
-                node[item].get("slug")
+                (node[item].get("slug") or node[item].get("name"))
                 if isinstance(node, list) and item < len(node) and isinstance(node[item], dict)
                 else None
             )
@@ -197,20 +222,27 @@ def _check_references(catalog: CatalogFile, source: str) -> None:
     slug_lists = {
         "models": [m.slug for m in catalog.models],
         "prompts": [p.slug for p in catalog.prompts],
+        "limit_groups": [g.name for g in catalog.limit_groups],
     }
     for kind, slugs in slug_lists.items():
         seen: set[str] = set()
         for i, slug in enumerate(slugs):
             if slug in seen:
-                problems.append(f"{kind}[{i}] ({slug}).slug: duplicate slug")
+                field_name = "name" if kind == "limit_groups" else "slug"
+                problems.append(f"{kind}[{i}] ({slug}).{field_name}: duplicate {field_name}")
             seen.add(slug)
     model_slugs = {m.slug for m in catalog.models}
     if catalog.extraction_model and catalog.extraction_model not in model_slugs:
         problems.append(f"extraction_model: unknown model slug {catalog.extraction_model!r}")
+    group_names = {g.name for g in catalog.limit_groups}
     for i, model in enumerate(catalog.models):
         leak = model_key_problem(model.provider, model.base_url, model.params)
         if leak:
             problems.append(f"models[{i}] ({model.slug}).{leak[0]}: {leak[1]}")
+        if model.limit_group is not None and model.limit_group not in group_names:
+            problems.append(
+                f"models[{i}] ({model.slug}).limit_group: {model.limit_group!r} is not in limit_groups"
+            )
         if model.extraction_model and model.extraction_model not in model_slugs:
             problems.append(
                 f"models[{i}] ({model.slug}).extraction_model: unknown model slug {model.extraction_model!r}"
@@ -310,6 +342,9 @@ def sync_catalog(engine: Engine, catalog: CatalogFile, *, prune: bool = False) -
                 if label not in report.created:
                     report.unchanged = [u for u in report.unchanged if u != label]
                     report.updated.append(f"{label} (extraction_model)")
+        for key, fields in limits.sync_config(session.connection(), limit_configs(catalog)).items():
+            if fields != ["created"]:
+                report.updated.append(f"limits {key} ({', '.join(fields)})")
         prompts = {p.slug: p for p in session.scalars(select(Prompt).with_for_update())}
         for p in catalog.prompts:
             values = {
@@ -329,6 +364,38 @@ def sync_catalog(engine: Engine, catalog: CatalogFile, *, prune: bool = False) -
         if prune:
             report.disabled += disable_missing(session, catalog)
     return report
+
+
+def limit_configs(catalog: CatalogFile) -> list[limits.LimitConfig]:
+    """The flow-control rows the catalogue describes: models, limit groups, the catalogue."""
+    out = [
+        limits.LimitConfig(
+            key=limits.model_key(m.slug),
+            provider=m.provider,
+            group_key=limits.group_key(m.limit_group) if m.limit_group else None,
+            max_concurrency=m.max_concurrency,
+            rpm=m.rpm,
+            tpm=m.tpm,
+            budget_batch_usd=m.budget_usd.per_batch if m.budget_usd else None,
+            budget_day_usd=m.budget_usd.per_day if m.budget_usd else None,
+        )
+        for m in catalog.models
+    ]
+    out += [
+        limits.LimitConfig(
+            key=limits.group_key(g.name), max_concurrency=g.max_concurrency, rpm=g.rpm, tpm=g.tpm
+        )
+        for g in catalog.limit_groups
+    ]
+    budget = catalog.budget_usd
+    out.append(
+        limits.LimitConfig(
+            key=limits.CATALOG_KEY,
+            budget_batch_usd=budget.per_batch if budget else None,
+            budget_day_usd=budget.per_day if budget else None,
+        )
+    )
+    return out
 
 
 def _upsert(

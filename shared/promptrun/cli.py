@@ -7,6 +7,7 @@ promptrun poll [--until-done BATCH ...] [--lambda-endpoint URL]
 promptrun summary BATCH            promptrun watch BATCH
 promptrun local up | down          promptrun demo
 Operators' verbs (jobs, show, entities, retry, cancel, rerun, dlq, prune): cli_operator.py.
+Flow control (pause|resume --model SLUG | --provider NAME, models): cli_flow.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from promptrun import cli_operator
+from promptrun import cli_flow, cli_operator
 from promptrun.cli_errors import run_guarded
 from promptrun.errors import InputError, PromptrunError
 from promptrun.local.events import api_gateway_event, bearer, scheduled_event
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.set_defaults(func=cmd_watch)
     cli_operator.add_commands(sub)
+    cli_flow.add_commands(sub)
     local = sub.add_parser("local", help="start or stop the local PostgreSQL and moto")
     local.add_argument("action", choices=["up", "down"], help="up: start (idempotent); down: stop")
     local.set_defaults(func=cmd_local)

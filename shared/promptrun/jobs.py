@@ -64,6 +64,7 @@ class JobState:
     next_attempt_at: datetime | None
     lease_expires_at: datetime | None
     seconds_until_due: float
+    seconds_until_lease_ends: float = 0.0
 
 
 _CLAIM = text(
@@ -75,11 +76,12 @@ _CLAIM = text(
             lease_expires_at = now() + make_interval(secs => :lease),
             started_at = COALESCE(started_at, now()),
             next_attempt_at = NULL,
+            wait_reason = NULL,
             updated_at = now()
         WHERE id = :id
           AND ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
                OR (status = 'processing' AND lease_expires_at < now()
-                   AND cancel_requested_at IS NULL))
+                   AND cancel_requested_at IS NULL AND attempt_count < max_attempts))
         RETURNING id, attempt_count, max_attempts, run_index, batch_key, prompt_id, model_id,
                   prompt_version
     )
@@ -101,45 +103,10 @@ _CLAIM = text(
 )
 
 
-class NoSlot(Exception):
-    """The model's max_concurrency is reached: the job stays queued, no attempt used."""
-
-    def __init__(self, model_slug: str, limit: int) -> None:
-        super().__init__(f"model {model_slug} is at its max_concurrency ({limit})")
-        self.model_slug = model_slug
-        self.limit = limit
-
-
-_CLAIMABLE = text(
-    """
-    SELECT j.model_id, m.slug, m.max_concurrency FROM prompt_jobs j JOIN models m ON m.id = j.model_id
-    WHERE j.id = :id
-      AND ((j.status = 'queued' AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= now()))
-           OR (j.status = 'processing' AND j.lease_expires_at < now()))
-    """
-)
-# Claims for one model take turns on this lock, so counting and claiming is one step.
-_SLOT_LOCK = text("SELECT pg_advisory_xact_lock(7221, CAST(:model_id AS integer))")
-_IN_FLIGHT = text(
-    "SELECT count(*) FROM prompt_jobs WHERE model_id = :model_id "
-    "AND status = 'processing' AND lease_expires_at >= now()"
-)
-
-
-def claim_job(
-    conn: Connection, job_id: uuid.UUID, lease_seconds: int, *, limit_concurrency: bool = True
-) -> ClaimedJob | None:
-    """Atomically take a job that is queued and due, or whose lease has expired.
-    None: duplicate delivery, not yet due, finished, cancelled or taken by a live worker.
-    Raises NoSlot when the model already has max_concurrency live jobs (across all processors)."""
-    if limit_concurrency:
-        target = conn.execute(_CLAIMABLE, {"id": job_id}).first()
-        if target is None:
-            return None
-        model_id, model_slug, limit = target
-        conn.execute(_SLOT_LOCK, {"model_id": model_id})
-        if conn.execute(_IN_FLIGHT, {"model_id": model_id}).scalar_one() >= limit:
-            raise NoSlot(model_slug, limit)
+def claim_job(conn: Connection, job_id: uuid.UUID, lease_seconds: int) -> ClaimedJob | None:
+    """Atomically take a job that is queued and due, or whose lease has expired with attempts
+    left. None: duplicate delivery, not yet due, finished, cancelled, taken by a live worker, or
+    rescued with no attempt left (see fail_exhausted). Limits are the caller's: limits.admit."""
     row = conn.execute(_CLAIM, {"id": job_id, "lease": lease_seconds}).mappings().first()
     if row is None:
         return None
@@ -181,14 +148,15 @@ def job_state(conn: Connection, job_id: uuid.UUID) -> JobState | None:
     row = conn.execute(
         text(
             "SELECT status, next_attempt_at, lease_expires_at, "
-            "GREATEST(0, EXTRACT(EPOCH FROM (next_attempt_at - now()))) AS wait "
+            "GREATEST(0, EXTRACT(EPOCH FROM (next_attempt_at - now()))) AS wait, "
+            "GREATEST(0, EXTRACT(EPOCH FROM (lease_expires_at - now()))) AS lease_left "
             "FROM prompt_jobs WHERE id = :id"
         ),
         {"id": job_id},
     ).first()
     if row is None:
         return None
-    return JobState(row[0], row[1], row[2], float(row[3] or 0))
+    return JobState(row[0], row[1], row[2], float(row[3] or 0), float(row[4] or 0))
 
 
 _GUARD = " WHERE id = :id AND status = 'processing' AND attempt_count = :attempt"
@@ -294,6 +262,23 @@ def fail_job(
             "status": str(status),
             **(usage or Usage()).params(),
         },
+    )
+    return result.rowcount == 1
+
+
+def fail_exhausted(conn: Connection, job_id: uuid.UUID) -> bool:
+    """A job whose last attempt's worker died (lease expired, no attempt left): failed, since
+    every attempt really started. False: not in that state."""
+    result = conn.execute(
+        text(
+            "UPDATE prompt_jobs SET status = 'failed', finished_at = now(), updated_at = now(), "
+            "lease_expires_at = NULL, error_kind = 'attempts_exhausted', "
+            "error_message = 'gave up after ' || attempt_count || ' attempts: the worker of the "
+            "last one stopped without an outcome (lease expired)' "
+            "WHERE id = :id AND status = 'processing' AND lease_expires_at < now() "
+            "AND attempt_count >= max_attempts"
+        ),
+        {"id": job_id},
     )
     return result.rowcount == 1
 

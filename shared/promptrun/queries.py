@@ -67,6 +67,9 @@ class JobItem(BaseModel):
     input_tokens: int | None
     output_tokens: int | None
     cost_usd: float | None
+    wait_reason: str | None = Field(
+        default=None, description="why a queued job waits: paused, budget, rate limits"
+    )
 
 
 class JobResponse(BaseModel):
@@ -256,6 +259,7 @@ _JOB_COLUMNS = (
     PromptJob.input_tokens,
     PromptJob.output_tokens,
     PromptJob.cost_usd,
+    PromptJob.wait_reason,
 )
 
 

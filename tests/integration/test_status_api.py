@@ -39,7 +39,7 @@ JOB_FIELDS = {
     "id", "prompt", "model", "run_index", "batch_key", "prompt_version", "status",
     "attempt_count", "max_attempts", "error_kind", "error_message", "scheduled_for",
     "next_attempt_at", "started_at", "finished_at", "created_at", "updated_at",
-    "duration_ms", "input_tokens", "output_tokens", "cost_usd",
+    "duration_ms", "input_tokens", "output_tokens", "cost_usd", "wait_reason",
 }  # fmt: skip
 
 
@@ -693,6 +693,9 @@ def test_openapi_document(app: APIGatewayRestResolver) -> None:
         "/batches",
         "/batches/{batch_key}",
         "/entities",
+        "/models",
+        "/models/{slug}/pause",
+        "/models/{slug}/resume",
     } <= set(doc["paths"])
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     params = {p["name"]: p for p in doc["paths"]["/jobs"]["get"]["parameters"]}

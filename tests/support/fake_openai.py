@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -221,8 +223,107 @@ def openai_error_body(message: str, etype: str, code: str | None = None) -> dict
     return {"error": {"message": message, "type": etype, "param": None, "code": code}}
 
 
+class TokenBucket:
+    """A provider's limiter: `per_minute` units, refilled continuously, holding at most
+    `burst_seconds` worth (providers enforce their per-minute limits over short windows too)."""
+
+    def __init__(self, per_minute: float, burst_seconds: float) -> None:
+        self.per_second = per_minute / 60.0
+        self.capacity = max(1.0, self.per_second * burst_seconds)
+        self.level = self.capacity
+        self.at = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.at) * self.per_second)
+        self.at = now
+
+    def wait_for(self, cost: float, now: float) -> float:
+        """Seconds until `cost` fits (0: it fits now)."""
+        self._refill(now)
+        return 0.0 if self.level >= cost else (cost - self.level) / self.per_second
+
+    def take(self, cost: float) -> None:
+        self.level -= cost
+
+    def reset_in(self) -> float:
+        return (self.capacity - self.level) / self.per_second
+
+
+@dataclass
+class RateLimitStats:
+    accepted: int = 0
+    throttled: int = 0
+    accepted_at: list[float] = field(default_factory=list)
+    # Successful answer calls per prompt text: more than one is a duplicate model call.
+    answers: dict[str, int] = field(default_factory=dict)
+
+
 class FakeOpenAI(FakeHTTPServer):
-    """`POST /v1/chat/completions`, as the OpenAI SDK calls it; `base_url` ends in /v1."""
+    """`POST /v1/chat/completions`, as the OpenAI SDK calls it; `base_url` ends in /v1.
+
+    `limit(rpm=..., tpm=...)` makes it enforce request and token rates as OpenAI does: a
+    request over either gets 429 with `Retry-After`, `retry-after-ms` and the
+    `x-ratelimit-*` headers; every answer carries the `x-ratelimit-*` headers too. Tokens
+    counted are the usage each answer reports (`prompt_tokens + completion_tokens`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rpm: TokenBucket | None = None
+        self._tpm: TokenBucket | None = None
+        self.limits: tuple[int | None, int | None] = (None, None)
+        self.rate_stats = RateLimitStats()
+
+    def limit(
+        self, rpm: int | None = None, tpm: int | None = None, burst_seconds: float = 2.0
+    ) -> Self:
+        with self._lock:
+            self._rpm = TokenBucket(rpm, burst_seconds) if rpm else None
+            self._tpm = TokenBucket(tpm, burst_seconds) if tpm else None
+            self.limits = (rpm, tpm)
+            self.rate_stats = RateLimitStats()
+        return self
+
+    def _ratelimit_headers(self) -> dict[str, str]:
+        h: dict[str, str] = {}
+        for name, bucket, limit in (
+            ("requests", self._rpm, self.limits[0]),
+            ("tokens", self._tpm, self.limits[1]),
+        ):
+            if bucket is not None and limit is not None:
+                h[f"x-ratelimit-limit-{name}"] = str(limit)
+                h[f"x-ratelimit-remaining-{name}"] = str(max(0, math.floor(bucket.level)))
+                h[f"x-ratelimit-reset-{name}"] = f"{bucket.reset_in():.3f}s"
+        return h
+
+    def _admit(self, request: Received, tokens: int) -> Reply | None:
+        """None when the request fits the limits (and is counted), else the 429 to send."""
+        with self._lock:
+            if self._rpm is None and self._tpm is None:
+                return None
+            now = time.monotonic()
+            waits = [
+                b.wait_for(cost, now)
+                for b, cost in ((self._rpm, 1.0), (self._tpm, float(tokens)))
+                if b is not None
+            ]
+            wait = max(waits)
+            if wait > 0:
+                self.rate_stats.throttled += 1
+                headers = self._ratelimit_headers()
+                headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+                headers["Retry-After"] = str(math.ceil(wait))
+                refused = self.rate_limited(retry_after=None, headers=headers)
+                refused.delay = 0.001  # a limiter answers at once, whatever default_delay says
+                return refused
+            for b, cost in ((self._rpm, 1.0), (self._tpm, float(tokens))):
+                if b is not None:
+                    b.take(cost)
+            self.rate_stats.accepted += 1
+            self.rate_stats.accepted_at.append(now)
+            if not self.is_extraction(request):
+                prompt = str((request.body or {}).get("messages", [{}])[-1].get("content", ""))
+                self.rate_stats.answers[prompt] = self.rate_stats.answers.get(prompt, 0) + 1
+        return None
 
     @property
     def base_url(self) -> str:
@@ -247,9 +348,16 @@ class FakeOpenAI(FakeHTTPServer):
                     f"Unknown request URL: {request.path}", "invalid_request_error", "unknown_url"
                 ),
             )
+        refused = self._admit(request, 30)
+        if refused is not None:
+            return refused
         if self.is_extraction(request):
-            return self.completion(json.dumps(VALID_ENTITIES))
-        return self.completion(DEFAULT_ANSWER)
+            reply = self.completion(json.dumps(VALID_ENTITIES))
+        else:
+            reply = self.completion(DEFAULT_ANSWER)
+        with self._lock:
+            reply.headers.update(self._ratelimit_headers())
+        return reply
 
     # -- reply builders ----------------------------------------------------------------------
 

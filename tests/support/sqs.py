@@ -11,7 +11,7 @@ def receive_all(sqs: Any, queue_url: str | None, delete: bool = False) -> list[d
     out: list[dict[str, Any]] = []
     while True:
         msgs = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, AttributeNames=["All"]
         ).get("Messages", [])
         if not msgs:
             return out

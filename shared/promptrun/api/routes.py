@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from promptrun import __version__, operator, queries
+from promptrun.api import models_routes
 from promptrun.aws import get_secret_string
 from promptrun.catalog import SLUG_PATTERN
 from promptrun.db.engine import get_engine
@@ -250,6 +251,7 @@ def build_app(
     from promptrun.api import operator_routes  # it uses this module's error shapes
 
     operator_routes.register(app, engine_factory, sender, _ERRORS_404)
+    models_routes.register(app, engine_factory, _ERRORS_404)
 
     @cache
     def openapi_document() -> str:

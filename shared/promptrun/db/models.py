@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -186,6 +187,55 @@ class PromptJob(Base):
     input_tokens: Mapped[int | None] = mapped_column(Integer)
     output_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 8))
+    # Why a queued job is waiting without using an attempt (paused, budget, rate): see limits.py.
+    wait_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class FlowLimit(Base):
+    """Admission state shared by every processor: one row per model (`model:<slug>`) and per
+    limit group (`group:<name>`), plus `catalog` for the catalogue-wide budget."""
+
+    __tablename__ = "flow_limits"
+    __table_args__ = (
+        CheckConstraint("max_concurrency IS NULL OR max_concurrency >= 1", name="max_concurrency"),
+        CheckConstraint("rpm IS NULL OR rpm >= 1", name="rpm"),
+        CheckConstraint("tpm IS NULL OR tpm >= 1", name="tpm"),
+        CheckConstraint("rate_factor > 0 AND rate_factor <= 1", name="rate_factor"),
+    )
+
+    key: Mapped[str] = mapped_column(String(220), primary_key=True)
+    group_key: Mapped[str | None] = mapped_column(String(220))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    budget_batch_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    budget_day_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    paused: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    in_flight: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # GCRA theoretical arrival times, epoch seconds of the database clock.
+    request_tat: Mapped[float] = mapped_column(Float, nullable=False, default=0)
+    token_tat: Mapped[float] = mapped_column(Float, nullable=False, default=0)
+    # The last turn handed to a job held back by the rates (see limits.admit).
+    queue_tat: Mapped[float] = mapped_column(Float, nullable=False, default=0)
+    # Share of the configured rates in use: halved on 429, raised step by step on success.
+    rate_factor: Mapped[float] = mapped_column(Float, nullable=False, default=1)
+    decreased_at: Mapped[float] = mapped_column(Float, nullable=False, default=0)
+    recounted_at: Mapped[float] = mapped_column(Float, nullable=False, default=0)
+    throttled: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    updated_at: Mapped[datetime] = _now()
+
+
+class BudgetSpend(Base):
+    """USD spent (and reserved for calls in flight) per budget scope and period."""
+
+    __tablename__ = "budget_spend"
+
+    scope: Mapped[str] = mapped_column(String(220), primary_key=True)
+    period: Mapped[str] = mapped_column(String(80), primary_key=True)
+    spent_usd: Mapped[Decimal] = mapped_column(Numeric(16, 8), nullable=False, default=0)
+    updated_at: Mapped[datetime] = _now()
 
 
 class Response(Base):

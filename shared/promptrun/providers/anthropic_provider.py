@@ -18,7 +18,7 @@ import anthropic
 from promptrun.providers import schema
 from promptrun.providers.base import Completion, ErrorKind, Extraction, ModelCall, ProviderError
 from promptrun.providers.clients import ClientCache
-from promptrun.providers.errors import ExtractionFailed, from_anthropic_error
+from promptrun.providers.errors import ExtractionFailed, from_anthropic_error, quota_wait
 from promptrun.providers.keys import KeyedProvider
 
 DEFAULT_MAX_TOKENS = 1024
@@ -80,11 +80,25 @@ class AnthropicProvider(KeyedProvider):
         except anthropic.AnthropicError as exc:  # anything else is a bug: the processor logs it
             raise from_anthropic_error(exc, secrets=(key,)) from None
 
+    def _create_with_quota(self, call: ModelCall, **kwargs: Any) -> tuple[Any, float | None]:
+        """The response, and how long the quota needs when its headers say it is used up."""
+        key = self._key(call)
+        client = _client(call.base_url, key)
+        try:
+            raw = client.messages.with_raw_response.create(
+                model=call.provider_model, timeout=call.timeout_seconds, **kwargs
+            )
+            return raw.parse(), quota_wait(raw.headers)
+        except anthropic.AnthropicError as exc:
+            raise from_anthropic_error(exc, secrets=(key,)) from None
+
     def answer(self, call: ModelCall, prompt: str, system: str | None) -> Completion:
         kwargs = answer_params(call.params)
         if system:
             kwargs["system"] = system
-        resp = self._create(call, messages=[{"role": "user", "content": prompt}], **kwargs)
+        resp, wait = self._create_with_quota(
+            call, messages=[{"role": "user", "content": prompt}], **kwargs
+        )
         input_tokens, output_tokens = _usage(resp)
         billed = {"input_tokens": input_tokens, "output_tokens": output_tokens}
         if resp.stop_reason == "refusal":
@@ -102,6 +116,7 @@ class AnthropicProvider(KeyedProvider):
             output_tokens=output_tokens,
             response_id=getattr(resp, "id", None),
             finish_reason=resp.stop_reason,
+            quota_wait=wait,
         )
 
     def extract(self, call: ModelCall, answer: str) -> Extraction:

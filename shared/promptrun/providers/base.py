@@ -80,6 +80,8 @@ class Completion:
     output_tokens: int = 0
     response_id: str | None = None
     finish_reason: str | None = None
+    # Seconds until the provider's quota refills, when its headers said it is used up.
+    quota_wait: float | None = None
 
 
 @dataclass(frozen=True)

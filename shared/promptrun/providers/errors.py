@@ -171,6 +171,32 @@ def retry_after_from_headers(
     return None
 
 
+def quota_wait(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """Seconds until an exhausted quota refills, from a successful answer's rate-limit headers
+    (a bucket whose `remaining` is 0: OpenAI `x-ratelimit-*`, Anthropic
+    `anthropic-ratelimit-*`); None while every bucket has room, or without such headers."""
+    if not headers:
+        return None
+    now = time.time() if now is None else now
+    h = {str(k).lower(): str(v) for k, v in headers.items()}
+    waits: list[float] = []
+    for name, value in h.items():
+        if name.startswith("x-ratelimit-remaining-") and value.strip() == "0":
+            wait = parse_duration(h.get("x-ratelimit-reset-" + name[22:], ""))
+        elif (
+            name.startswith("anthropic-ratelimit-")
+            and name.endswith("-remaining")
+            and value.strip() == "0"
+        ):
+            bucket = name[len("anthropic-ratelimit-") : -len("-remaining")]
+            wait = _seconds_until(h.get(f"anthropic-ratelimit-{bucket}-reset", ""), now)
+        else:
+            continue
+        if wait is not None:
+            waits.append(wait)
+    return _clean(max(waits)) if waits else None
+
+
 # --- classification by HTTP status -----------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import openai
 from promptrun.providers import schema
 from promptrun.providers.base import Completion, ErrorKind, Extraction, ModelCall, ProviderError
 from promptrun.providers.clients import ClientCache
-from promptrun.providers.errors import ExtractionFailed, from_openai_error
+from promptrun.providers.errors import ExtractionFailed, from_openai_error, quota_wait
 from promptrun.providers.keys import KeyedProvider
 
 # Params sent to the API as they are in the catalogue.
@@ -109,12 +109,24 @@ class OpenAIProvider(KeyedProvider):
             return 0, 0
         return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
 
+    def _create_with_quota(self, call: ModelCall, **kwargs: Any) -> tuple[Any, float | None]:
+        """The response, and how long the quota needs when its headers say it is used up."""
+        key = self._key(call)
+        client = _client(call.base_url, key)
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model=call.provider_model, timeout=call.timeout_seconds, **kwargs
+            )
+            return raw.parse(), quota_wait(raw.headers)
+        except openai.OpenAIError as exc:
+            raise from_openai_error(exc, secrets=(key,)) from None
+
     def answer(self, call: ModelCall, prompt: str, system: str | None) -> Completion:
         messages: list[dict[str, Any]] = []
         if system:
             messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": prompt})
-        resp = self._create(call, messages=messages, **answer_params(call.params))
+        resp, wait = self._create_with_quota(call, messages=messages, **answer_params(call.params))
         choice = self._choice(resp)
         input_tokens, output_tokens = self._usage(resp)
         billed = {"input_tokens": input_tokens, "output_tokens": output_tokens}
@@ -133,6 +145,7 @@ class OpenAIProvider(KeyedProvider):
             output_tokens=output_tokens,
             response_id=getattr(resp, "id", None),
             finish_reason=choice.finish_reason,
+            quota_wait=wait,
         )
 
     def extract(self, call: ModelCall, answer: str) -> Extraction:

@@ -1,0 +1,183 @@
+"""One attempt's model calls and what they leave behind: the answer, the extraction, the
+response and mentions stored with the job marked succeeded, in one transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Engine, insert
+
+from promptrun import jobs, limits
+from promptrun.db.models import EntityMention, Response
+from promptrun.extraction import ExtractionResult, normalize_entities
+from promptrun.jobs import ClaimedJob, ModelRef
+from promptrun.providers import ErrorKind, ModelCall, Provider, ProviderError
+from promptrun.settings import Settings
+
+# Seconds kept back from the Lambda's remaining time, to write the outcome after a timeout.
+SAFETY_MARGIN = 10.0
+DEFAULT_CALL_TIMEOUT = 120.0
+MIN_CALL_SECONDS = 2.0
+MILLION = Decimal(1_000_000)
+# An extraction refused by the provider's rate limiter is retried in the attempt this often,
+# when its Retry-After is this short (seconds).
+EXTRACTION_RATE_LIMIT_TRIES = 4
+EXTRACTION_WAIT_MAX = 10.0
+EXTRACTION_MIN_WAIT = 0.5
+
+ProviderFactory = Callable[[str, Settings], Provider]
+
+
+class StaleAttempt(Exception):
+    """A newer attempt owns the job: this one's result is discarded."""
+
+
+def call_cost(model: ModelRef, input_tokens: int, output_tokens: int) -> Decimal:
+    """USD from the catalogue's prices per million tokens."""
+    return (
+        Decimal(input_tokens) * model.price_input_per_mtok
+        + Decimal(output_tokens) * model.price_output_per_mtok
+    ) / MILLION
+
+
+def add_billed(spent: jobs.Usage, model: ModelRef, err: ProviderError) -> None:
+    """Calls that failed after the provider answered (and billed) them still count."""
+    spent.add(
+        err.input_tokens, err.output_tokens, call_cost(model, err.input_tokens, err.output_tokens)
+    )
+
+
+def call_timeout(remaining_ms: Callable[[], int] | None, params: dict[str, Any]) -> float:
+    wanted = float(params.get("timeout", DEFAULT_CALL_TIMEOUT))
+    if remaining_ms is None:
+        return wanted
+    left = remaining_ms() / 1000 - SAFETY_MARGIN
+    if left < MIN_CALL_SECONDS:
+        # Too little time for a call: hand the job back rather than be killed mid-call.
+        raise ProviderError(ErrorKind.TIMEOUT, f"only {left:.1f}s of Lambda time left for the call")
+    return min(wanted, left)
+
+
+@dataclass
+class ModelCaller:
+    engine: Engine
+    settings: Settings
+    providers: ProviderFactory
+
+    def _call(
+        self, model: ModelRef, job: ClaimedJob, remaining_ms: Callable[[], int] | None, seed: str
+    ) -> ModelCall:
+        return ModelCall(
+            provider_model=model.provider_model,
+            base_url=model.base_url,
+            params=dict(model.params),
+            timeout_seconds=call_timeout(remaining_ms, model.params),
+            attempt=job.attempt,
+            seed=seed,
+        )
+
+    def call_and_store(
+        self,
+        job: ClaimedJob,
+        remaining_ms: Callable[[], int] | None,
+        spent: jobs.Usage,
+        lease: limits.Lease | None,
+    ) -> tuple[int, int]:
+        """Answer, extract, store and complete; (entities, latency ms). Raises ProviderError
+        (spent holds what the failed calls billed) or StaleAttempt."""
+        seed = f"{job.batch_key}:{job.run_index}"
+        started = time.monotonic()
+        try:
+            completion = self.providers(job.model.provider, self.settings).answer(
+                self._call(job.model, job, remaining_ms, seed), job.prompt_text, job.system_text
+            )
+        except ProviderError as err:
+            add_billed(spent, job.model, err)
+            raise
+        latency_ms = int((time.monotonic() - started) * 1000)
+        spent.add(
+            completion.input_tokens,
+            completion.output_tokens,
+            call_cost(job.model, completion.input_tokens, completion.output_tokens),
+        )
+        extractor = job.extraction_model
+        throttled: float | None = None
+        for tries_left in range(EXTRACTION_RATE_LIMIT_TRIES - 1, -1, -1):
+            try:
+                extraction = self.providers(extractor.provider, self.settings).extract(
+                    self._call(extractor, job, remaining_ms, seed), completion.text
+                )
+                break
+            except ProviderError as err:
+                add_billed(spent, extractor, err)
+                wait = max(err.retry_after or 0.0, EXTRACTION_MIN_WAIT)
+                if err.kind != ErrorKind.RATE_LIMIT or not tries_left or wait > EXTRACTION_WAIT_MAX:
+                    raise
+                # The answer is paid for: wait out the rate limit rather than redo it later.
+                throttled = wait
+                time.sleep(wait)
+        spent.add(
+            extraction.input_tokens,
+            extraction.output_tokens,
+            call_cost(extractor, extraction.input_tokens, extraction.output_tokens),
+        )
+        try:
+            result = ExtractionResult(entities=extraction.entities)
+        except ValidationError as exc:
+            raise ProviderError(
+                ErrorKind.VALIDATION, f"extraction result invalid: {exc.errors()[0]['msg']}"
+            ) from None
+        entities = normalize_entities(result.entities)
+        input_tokens = completion.input_tokens + extraction.input_tokens
+        output_tokens = completion.output_tokens + extraction.output_tokens
+
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(Response).values(
+                    job_id=job.id,
+                    answer_text=completion.text,
+                    structured={"entities": [e.model_dump() for e in entities]},
+                    provider_response_id=completion.response_id,
+                    finish_reason=completion.finish_reason,
+                    latency_ms=latency_ms,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                )
+            )
+            if entities:
+                conn.execute(
+                    insert(EntityMention),
+                    [
+                        {
+                            "job_id": job.id,
+                            "prompt_id": job.prompt_id,
+                            "model_id": job.model_id,
+                            "batch_key": job.batch_key,
+                            "name": e.name,
+                            "display_name": e.display_name,
+                            "entity_type": e.type,
+                            "rank": e.rank,
+                            "sentiment": e.sentiment,
+                            "snippet": e.snippet,
+                        }
+                        for e in entities
+                    ],
+                )
+            if not jobs.complete_job(conn, job, spent):
+                # Raising rolls back the response and mentions written above.
+                raise StaleAttempt()
+            limits.release(
+                conn,
+                lease,
+                tokens_used=spent.input_tokens + spent.output_tokens,
+                cost_usd=spent.cost_usd,
+                succeeded=throttled is None,
+                throttled_for=throttled,
+                quota_wait=completion.quota_wait,
+            )
+        return len(entities), latency_ms

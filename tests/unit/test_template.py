@@ -79,8 +79,19 @@ def test_the_processor_role_has_no_sqs_action_on_every_resource(template: dict[s
         assert statement["Resource"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
         assert not any("*" in str(a) for a in as_list(statement["Action"]))
     actions = {a for s in sqs_statements for a in as_list(s["Action"])}
-    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= actions
-    assert "sqs:SendMessage" not in actions
+    # Poll and delete for the event source mapping; send for waiting jobs (flow control): all
+    # of it on JobsQueue alone (checked above), and nothing else.
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:SendMessage"} <= actions
+    assert actions <= {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:DeleteMessageBatch",
+        "sqs:ChangeMessageVisibility",
+        "sqs:ChangeMessageVisibilityBatch",
+        "sqs:GetQueueAttributes",
+        "sqs:SendMessage",
+        "sqs:SendMessageBatch",
+    }
     for statement in role_statements(role):
         assert statement["Resource"] != "*"
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine, select
 
+from promptrun.brands import BrandEntry, check_brands, sync_brands
 from promptrun.db.engine import session_scope
 from promptrun.db.models import Model, Prompt
 from promptrun.errors import InputError
@@ -64,6 +65,8 @@ class CatalogFile(BaseModel):
     extraction_model: str | None = None
     models: list[ModelEntry] = Field(default_factory=list)
     prompts: list[PromptEntry] = Field(default_factory=list)
+    # None: the file says nothing about brands and the tracked ones stay as they are.
+    brands: list[BrandEntry] | None = None
 
 
 def prompt_version(text: str, system: str | None) -> str:
@@ -148,6 +151,7 @@ def _check_references(catalog: CatalogFile, source: str) -> None:
                     problems.append(
                         f"prompts[{i}] ({prompt.slug}).models: unknown model slug {slug!r}"
                     )
+    problems += check_brands(catalog.brands or [])
     if problems:
         raise InputError(f"{source}: " + "; ".join(problems))
 
@@ -236,6 +240,11 @@ def sync_catalog(engine: Engine, catalog: CatalogFile) -> SyncReport:
             _upsert(
                 session, Prompt, prompts.get(p.slug), p.slug, values, f"prompt {p.slug}", report
             )
+        if catalog.brands is not None:
+            brands = sync_brands(session, catalog.brands)
+            report.created += brands.created
+            report.updated += brands.updated + [f"{b} (removed)" for b in brands.removed]
+            report.unchanged += brands.unchanged
     return report
 
 

@@ -682,13 +682,13 @@ def test_openapi_document(app: APIGatewayRestResolver) -> None:
     assert "application/json" in str(headers["content-type"])
     assert doc["openapi"].startswith("3.")
     assert doc["info"]["title"] == "promptrun status API"
-    assert set(doc["paths"]) == {
+    assert {
         "/jobs/{job_id}",
         "/jobs",
         "/batches",
         "/batches/{batch_key}",
         "/entities",
-    }
+    } <= set(doc["paths"])
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     params = {p["name"]: p for p in doc["paths"]["/jobs"]["get"]["parameters"]}
     assert set(params) == {"batch_key", "prompt", "model", "status", "limit", "cursor"}

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from promptrun import __version__, queries
+from promptrun.api import dashboard_routes, visibility_routes
 from promptrun.aws import get_secret_string
 from promptrun.catalog import SLUG_PATTERN
 from promptrun.db.engine import get_engine
@@ -151,7 +152,7 @@ def build_app(
     def require_bearer_token(
         app: APIGatewayRestResolver, next_middleware: NextMiddleware
     ) -> Response:
-        if not authorized():
+        if not (dashboard_routes.is_public(app.current_event.path) or authorized()):
             return _unauthorized()
         return next_middleware(app)
 
@@ -241,6 +242,9 @@ def build_app(
         return queries.entity_counts(
             engine_factory(), batch_key=batch_key, prompt=prompt, model=model, limit=limit
         )
+
+    visibility_routes.register(app, engine_factory, _ERRORS)
+    dashboard_routes.register(app, engine_factory, _ERRORS)
 
     @cache
     def openapi_document() -> str:

@@ -274,7 +274,13 @@ def test_dashboard_shell_is_public_and_its_data_is_not(
 
 def test_results_routes_are_in_the_openapi_document(app: APIGatewayRestResolver) -> None:
     doc = json.loads(call(app, "/openapi.json")["body"])
-    assert {"/brands", "/visibility", "/visibility/trends", "/export", "/dashboard/overview"} <= set(doc["paths"])
+    assert {
+        "/brands",
+        "/visibility",
+        "/visibility/trends",
+        "/export",
+        "/dashboard/overview",
+    } <= set(doc["paths"])
     assert "/dashboard" not in doc["paths"]  # the static shell is no API
     params = {p["name"] for p in doc["paths"]["/visibility"]["get"]["parameters"]}
     assert {"brand", "prompt", "model", "from", "to", "group_by"} <= params

@@ -58,6 +58,12 @@ def upgrade() -> None:
         sa.Column("detail", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.PrimaryKeyConstraint("batch_key", name=op.f("pk_batch_completions")),
     )
+    # Batches already finished count as announced: the first sweep sends no backlog.
+    op.execute(
+        """INSERT INTO batch_completions (batch_key, sent_at)
+           SELECT batch_key, now() FROM prompt_jobs GROUP BY batch_key
+           HAVING count(*) FILTER (WHERE status IN ('queued', 'processing')) = 0"""
+    )
     op.create_index(
         "ix_entity_mentions_name_batch_key",
         "entity_mentions",

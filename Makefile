@@ -50,6 +50,10 @@ demo: up ## the whole pipeline locally: fan-out, poller + processor, status summ
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun catalog sync examples/catalog.yaml
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun demo
 
+.PHONY: api
+api: up ## serve the status API and the dashboard on http://127.0.0.1:8321 (token: .local/api-token)
+	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun api
+
 .PHONY: demo-sam
 demo-sam: up sam-cli ## the demo with all three functions in Lambda containers (sam local)
 	SAM=$(abspath $(SAM)) scripts/demo_sam.sh
@@ -74,18 +78,21 @@ lint: venv ## ruff and mypy
 test-unit: venv ## unit and integration tests only (no containers): the inner loop
 	$(VENV)/bin/pytest -q -n 2 -m 'not sam' tests/unit tests/integration
 
-test: venv sam-cli ## everything: lint, sam validate/build, unit, integration and SAM container tests
+test: venv sam-cli ## everything: lint, sam validate/build, unit, integration, the dashboard in Chromium, SAM container tests
 	@mkdir -p $(LOCAL)
 	$(VENV)/bin/ruff check .
 	$(SAM) validate --lint
 	$(SAM) build --cached --parallel
 	$(VENV)/bin/pytest -q -n 2 -m 'not sam' tests/unit tests/integration
+	scripts/chromium.sh > $(LOCAL)/chromium.env
+	source $(LOCAL)/chromium.env && $(VENV)/bin/pytest -q -m browser tests/browser
 	scripts/container_engine.sh > $(LOCAL)/engine.env
 	source $(LOCAL)/engine.env && SAM=$(abspath $(SAM)) $(VENV)/bin/pytest -q -m sam tests/sam
 
 .PHONY: bench
 bench: venv ## benchmarks that print figures
 	$(VENV)/bin/python -m tests.bench.run
+	$(VENV)/bin/python -m tests.bench.visibility
 
 .PHONY: clean
 clean: down ## remove build output and local state

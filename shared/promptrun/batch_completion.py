@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from sqlalchemy import Engine, text
 
 from promptrun import events, visibility
@@ -147,6 +148,8 @@ def batch_detail(engine: Engine, batch_key: str) -> dict[str, Any]:
 def emit_metrics(detail: dict[str, Any]) -> None:
     """BatchFailureRate (percent) per model and for model=all (the alarm's), and BatchJobs
     per model and outcome; EMF lines, one per dimension set."""
+    if is_metrics_disabled():  # single_metric prints regardless; the local stack turns it off
+        return
     rates = [(m["model"], m["failure_rate"]) for m in detail["by_model"]]
     for model, rate in [*rates, ("all", detail["failure_rate"])]:
         with single_metric(

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from promptrun import cli_results
 from promptrun.errors import PromptrunError
 from promptrun.local.events import api_gateway_event, bearer, scheduled_event
 
@@ -207,6 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for key in keys:
         print()
         print(render_summary(batch_summary(key)))
+    cli_results.demo_epilogue(keys)
     return 0
 
 
@@ -255,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     local = sub.add_parser("local", help="start or stop the local PostgreSQL and moto")
     local.add_argument("action", choices=["up", "down"])
     local.set_defaults(func=cmd_local)
+    cli_results.register(sub)
     return parser
 
 

@@ -174,6 +174,7 @@ class TrendSeries(BaseModel):
     name: str
     own: bool
     model: str | None = Field(description="model slug; null: all models together")
+    cadence: str = Field(description="hourly, daily, weekly or manual batches")
     points: list[TrendPoint]
 
 
@@ -433,12 +434,13 @@ def trends(
     with engine.connect() as conn:
         tracked, chosen = _tracked(conn, brand)
         answers, counts = _aggregate(conn, s, group)
-    series_keys = sorted({k[1:] for k in answers})  # () or (model,)
+    # A series never mixes cadences: a weekly batch is not the next point of a daily line.
+    series_keys = sorted({(k[1:], key_shape(k[0])) for k in answers})  # ((model,)|(), shape)
     out: list[TrendSeries] = []
     for b in chosen:
-        for skey in series_keys:
+        for skey, cadence in series_keys:
             keys = sorted(
-                (k for k in answers if k[1:] == skey),
+                (k for k in answers if k[1:] == skey and key_shape(k[0]) == cadence),
                 key=lambda k: (answers[k].scheduled_for or datetime.min.replace(tzinfo=UTC), k[0]),
             )
             points: list[TrendPoint] = []
@@ -481,6 +483,7 @@ def trends(
                     name=b["name"],
                     own=b["own"],
                     model=skey[0] if skey else None,
+                    cadence=cadence,
                     points=points,
                 )
             )

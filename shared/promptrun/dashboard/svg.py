@@ -25,11 +25,10 @@ def trend_chart(report: TrendReport, brand: str, metric: Metric) -> str:
     series = [s for s in report.series if s.brand == brand]
     name = series[0].name if series else brand
     label = LABELS[metric]
-    batches: list[str] = []
-    for s in series:
-        for p in s.points:
-            if p.batch_key not in batches:
-                batches.append(p.batch_key)
+    # The x axis is time: every batch of every series, by its period start.
+    starts = {p.batch_key: p.scheduled_for for s in series for p in s.points}
+    batches = sorted(starts, key=lambda k: (str(starts[k]), k))
+    several_cadences = len({s.cadence for s in series}) > 1
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(i: int) -> float:
@@ -73,7 +72,7 @@ def trend_chart(report: TrendReport, brand: str, metric: Metric) -> str:
     out.append("</g>")
     for n, s in enumerate(series):
         color = PALETTE[n % len(PALETTE)]
-        model = s.model or "all models"
+        model = (s.model or "all models") + (f" ({s.cadence})" if several_cadences else "")
         pts = []
         marks = []
         for p in s.points:

@@ -202,19 +202,22 @@ class Slice:
             raise InvalidVisibilityQuery("from", "must not be after 'to'")
 
 
-_JOB_GROUP = {"batch": "j.batch_key", "model": "mo.slug", "prompt": "pr.slug"}
-_MENTION_GROUP = {"batch": "m.batch_key", "model": "mo.slug", "prompt": "pr.slug"}
+# Grouped by ids (slugs are looked up after): no join on the 1M-row side.
+_GROUP_COLUMN = {"batch": "batch_key", "model": "model_id", "prompt": "prompt_id"}
+# Transaction-local (no session state for RDS Proxy to pin): a year of mentions is
+# aggregated in memory instead of an external sort.
+_WORK_MEM = "SELECT set_config('work_mem', '64MB', true)"
 
 
-def _job_where(s: Slice) -> tuple[str, dict[str, Any]]:
+def _job_where(s: Slice, ids: dict[str, int]) -> tuple[str, dict[str, Any]]:
     where = ["j.status = 'succeeded'"]
     params: dict[str, Any] = {}
     if s.prompt:
-        where.append("pr.slug = :prompt")
-        params["prompt"] = s.prompt
+        where.append("j.prompt_id = :prompt_id")
+        params["prompt_id"] = ids["prompt"]
     if s.model:
-        where.append("mo.slug = :model")
-        params["model"] = s.model
+        where.append("j.model_id = :model_id")
+        params["model_id"] = ids["model"]
     if s.date_from:
         where.append("j.scheduled_for >= :t_from")
         params["t_from"] = datetime.combine(s.date_from, time(), UTC)
@@ -244,99 +247,116 @@ class _BrandCounts:
     unknown: int = 0
 
 
+def _slugs(conn: Connection) -> tuple[dict[int, str], dict[int, str]]:
+    models = dict(conn.execute(text("SELECT id, slug FROM models")).all())
+    prompts = dict(conn.execute(text("SELECT id, slug FROM prompts")).all())
+    return models, prompts
+
+
 def _aggregate(
     conn: Connection, s: Slice, group: Sequence[GroupBy]
 ) -> tuple[dict[tuple[str, ...], _Counts], dict[tuple[tuple[str, ...], int], _BrandCounts]]:
     """Answers per group, and per (group, brand id) the counts the metrics come from."""
-    where, params = _job_where(s)
-    job_cols = ", ".join(_JOB_GROUP[g] for g in group) or "'all'"
-    answers_sql = f"""
-        SELECT {job_cols}, count(*) AS answers, min(j.scheduled_for) AS scheduled_for
-        FROM prompt_jobs j
-        JOIN prompts pr ON pr.id = j.prompt_id
-        JOIN models mo ON mo.id = j.model_id
-        WHERE {where}
-        GROUP BY {", ".join(str(i + 1) for i in range(max(1, len(group))))}
-    """
-    stmt = text(answers_sql)
+    models, prompts = _slugs(conn)
+    ids: dict[str, int] = {}
+    for field, value, table in (("model", s.model, models), ("prompt", s.prompt, prompts)):
+        if value is not None:
+            found = next((i for i, slug in table.items() if slug == value), None)
+            if found is None:
+                return {}, {}
+            ids[field] = found
+    names = {"model": models, "prompt": prompts}
+
+    def key_of(values: Sequence[Any]) -> tuple[str, ...]:
+        if not group:
+            return ("all",)
+        return tuple(
+            str(v) if g == "batch" else names[g].get(int(v), str(v))
+            for g, v in zip(group, values, strict=True)
+        )
+
+    where, params = _job_where(s, ids)
+    cols = [_GROUP_COLUMN[g] for g in group]
+    # Per batch as well, whatever the grouping: the batch keys bound the mention side.
+    answer_cols = list(dict.fromkeys([*cols, "batch_key"]))
+    stmt = text(
+        f"""SELECT {", ".join(f"j.{c}" for c in answer_cols)}, count(*) AS answers,
+                   min(j.scheduled_for) AS scheduled_for
+            FROM prompt_jobs j WHERE {where}
+            GROUP BY {", ".join(f"j.{c}" for c in answer_cols)}"""
+    )
     if "batch_keys" in params:
         stmt = stmt.bindparams(bindparam("batch_keys", expanding=True))
+    conn.execute(text(_WORK_MEM))
     answers: dict[tuple[str, ...], _Counts] = {}
+    batch_keys: set[str] = set()
     for row in conn.execute(stmt, params):
-        key = tuple(str(v) for v in row[: max(1, len(group))])
-        answers[key] = _Counts(int(row.answers), row.scheduled_for)
+        m = row._mapping
+        batch_keys.add(m["batch_key"])
+        key = key_of([m[c] for c in cols])
+        found = answers.get(key)
+        if found is None:
+            answers[key] = _Counts(int(m["answers"]), m["scheduled_for"])
+        else:
+            found.answers += int(m["answers"])
+            if m["scheduled_for"] and (
+                found.scheduled_for is None or m["scheduled_for"] < found.scheduled_for
+            ):
+                found.scheduled_for = m["scheduled_for"]
     if not answers:
         return answers, {}
-    if "batch" in group:
-        batch_keys = sorted({k[group.index("batch")] for k in answers})
-    else:
-        batch_keys = sorted(r[0] for r in conn.execute(_batches_of(where, params), params))
     m_where = ["m.batch_key IN :keys"]
-    m_params: dict[str, Any] = {"keys": batch_keys}
+    m_params: dict[str, Any] = {"keys": sorted(batch_keys)}
     if s.prompt:
-        m_where.append("pr.slug = :prompt")
-        m_params["prompt"] = s.prompt
+        m_where.append("m.prompt_id = :prompt_id")
+        m_params["prompt_id"] = ids["prompt"]
     if s.model:
-        m_where.append("mo.slug = :model")
-        m_params["model"] = s.model
-    n = max(1, len(group))
-    cols = _columns(n)
-    exprs = [_MENTION_GROUP[g] for g in group] or ["'all'"]
-    select_groups = ", ".join(f"{e} AS {c}" for e, c in zip(exprs, cols, strict=True))
+        m_where.append("m.model_id = :model_id")
+        m_params["model_id"] = ids["model"]
+    # A job's batch, model and prompt are one per job: carried through the per-answer step.
+    carried = ", ".join(f"min(m.{c}) AS {c}" for c in cols)
+    outer = ", ".join(cols)
     mention_sql = f"""
         WITH per_answer AS (
-            SELECT {select_groups}, a.brand_id, m.job_id, min(m.rank) AS position,
-                   (array_agg(m.sentiment ORDER BY m.rank))[1] AS sentiment
+            SELECT a.brand_id, m.job_id, {carried + "," if cols else ""}
+                   min(m.rank) AS position,
+                   -- The sentiment of its best-ranked mention, as a plain (hashable)
+                   -- aggregate: an ordered array_agg would force a sort of every row.
+                   substr(min(lpad(m.rank::text, 6, '0') || coalesce(m.sentiment, '')), 7)
+                       AS sentiment
             FROM brand_aliases a
             JOIN entity_mentions m ON m.name = a.alias
-            JOIN prompts pr ON pr.id = m.prompt_id
-            JOIN models mo ON mo.id = m.model_id
             WHERE {" AND ".join(m_where)}
-            GROUP BY {", ".join(cols)}, a.brand_id, m.job_id
+            GROUP BY a.brand_id, m.job_id
         )
-        SELECT {", ".join(cols)}, brand_id, count(*) AS n, sum(position) AS position_sum,
+        SELECT {outer + "," if cols else ""} brand_id, count(*) AS n,
+               sum(position) AS position_sum,
                count(*) FILTER (WHERE position = 1) AS first,
                count(*) FILTER (WHERE sentiment = 'positive') AS positive,
                count(*) FILTER (WHERE sentiment = 'neutral') AS neutral,
                count(*) FILTER (WHERE sentiment = 'negative') AS negative,
-               count(*) FILTER (WHERE sentiment IS NULL
-                                OR sentiment NOT IN ('positive', 'neutral', 'negative')) AS unknown
+               count(*) FILTER (WHERE sentiment NOT IN ('positive', 'neutral', 'negative'))
+                   AS unknown
         FROM per_answer
-        GROUP BY {", ".join(cols)}, brand_id
+        GROUP BY {outer + "," if cols else ""} brand_id
     """
     stmt = text(mention_sql).bindparams(bindparam("keys", expanding=True))
     brands: dict[tuple[tuple[str, ...], int], _BrandCounts] = {}
     for row in conn.execute(stmt, m_params):
-        key = tuple(str(v) for v in row[:n])
+        m = row._mapping
+        key = key_of([m[c] for c in cols])
         if key not in answers:  # a mention of a job outside the slice (not succeeded)
             continue
-        brands[(key, int(row.brand_id))] = _BrandCounts(
-            answers_mentioning=int(row.n),
-            position_sum=int(row.position_sum),
-            first=int(row.first),
-            positive=int(row.positive),
-            neutral=int(row.neutral),
-            negative=int(row.negative),
-            unknown=int(row.unknown),
+        brands[(key, int(m["brand_id"]))] = _BrandCounts(
+            answers_mentioning=int(m["n"]),
+            position_sum=int(m["position_sum"]),
+            first=int(m["first"]),
+            positive=int(m["positive"]),
+            neutral=int(m["neutral"]),
+            negative=int(m["negative"]),
+            unknown=int(m["unknown"]),
         )
     return answers, brands
-
-
-def _columns(n: int) -> list[str]:
-    return [f"g{i}" for i in range(n)]
-
-
-def _batches_of(where: str, params: dict[str, Any]) -> Any:
-    """The batch keys of a slice, for the mention side's index condition."""
-    stmt = text(
-        f"""SELECT DISTINCT j.batch_key FROM prompt_jobs j
-            JOIN prompts pr ON pr.id = j.prompt_id
-            JOIN models mo ON mo.id = j.model_id
-            WHERE {where}"""
-    )
-    if "batch_keys" in params:
-        stmt = stmt.bindparams(bindparam("batch_keys", expanding=True))
-    return stmt
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "browser-test-token"
 DAYS = 3
+START = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=DAYS)
+DAY_KEYS = [(START + timedelta(days=n)).strftime("%Y-%m-%d") for n in range(DAYS)]
 
 
 def chromium_path() -> str:
@@ -46,7 +48,8 @@ def demo(engine: Engine, settings: Settings, sqs: Any) -> Engine:
     """The demo catalogue, its batches on three days, every job processed."""
     sync(engine, EXAMPLE_CATALOG.read_text())
     runner = JobRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
-    start = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    # Recent days: the page charts the last 90 days.
+    start = START
     for n in range(DAYS):
         request = FanoutRequest(at=start + timedelta(days=n))
         run_fanout(engine, JobQueue(settings.jobs_queue_url or ""), request, settings)
@@ -93,7 +96,7 @@ def test_dashboard_in_headless_chromium(server: str) -> None:
             rows = page.locator("#batches tr.batch-row")
             expect(rows.first).to_be_visible()
             batches = set(rows.evaluate_all("rs => rs.map(r => r.dataset.batch)"))
-            assert {"2026-11-20", "2026-11-21", "2026-11-22"} <= batches
+            assert set(DAY_KEYS) <= batches
             expect(page.locator("#models tbody tr")).to_have_count(2)
 
             # The chart: server-side SVG with one point per model and batch, values in 0..1.
@@ -107,7 +110,7 @@ def test_dashboard_in_headless_chromium(server: str) -> None:
             expect(page.locator("#chart-share_of_voice svg .point").first).to_be_attached()
 
             # Drill-down: open an answer, its mentions highlighted.
-            page.select_option("#answers-batch", "2026-11-22")
+            page.select_option("#answers-batch", DAY_KEYS[-1])
             page.select_option("#answers-prompt", "best-crm-small-business")
             item = page.locator("#answers li.answer").filter(has_text="Acme CRM").first
             toggle = item.get_by_role("button")

@@ -91,7 +91,9 @@ async function loadOverview() {
 async function loadCharts() {
   const brand = $("#brand").value;
   if (!brand) return;
-  const params = { brand };
+  // The last 90 days: a year of every brand is seconds of work; the API takes from/to.
+  const since = new Date(Date.now() - 90 * 864e5).toISOString().slice(0, 10);
+  const params = { brand, from: since };
   if ($("#prompt-filter").value) params.prompt = $("#prompt-filter").value;
   for (const metric of ["mention_rate", "share_of_voice"]) {
     const svgText = await (await api("dashboard/charts/visibility.svg", { ...params, metric })).text();

@@ -248,8 +248,12 @@ class _BrandCounts:
 
 
 def _slugs(conn: Connection) -> tuple[dict[int, str], dict[int, str]]:
-    models = dict(conn.execute(text("SELECT id, slug FROM models")).all())
-    prompts = dict(conn.execute(text("SELECT id, slug FROM prompts")).all())
+    models: dict[int, str] = {
+        int(r[0]): str(r[1]) for r in conn.execute(text("SELECT id, slug FROM models"))
+    }
+    prompts: dict[int, str] = {
+        int(r[0]): str(r[1]) for r in conn.execute(text("SELECT id, slug FROM prompts"))
+    }
     return models, prompts
 
 
@@ -294,15 +298,15 @@ def _aggregate(
         m = row._mapping
         batch_keys.add(m["batch_key"])
         key = key_of([m[c] for c in cols])
-        found = answers.get(key)
-        if found is None:
+        counts = answers.get(key)
+        if counts is None:
             answers[key] = _Counts(int(m["answers"]), m["scheduled_for"])
         else:
-            found.answers += int(m["answers"])
+            counts.answers += int(m["answers"])
             if m["scheduled_for"] and (
-                found.scheduled_for is None or m["scheduled_for"] < found.scheduled_for
+                counts.scheduled_for is None or m["scheduled_for"] < counts.scheduled_for
             ):
-                found.scheduled_for = m["scheduled_for"]
+                counts.scheduled_for = m["scheduled_for"]
     if not answers:
         return answers, {}
     m_where = ["m.batch_key IN :keys"]

@@ -16,6 +16,7 @@ import base64
 import csv
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -72,7 +73,7 @@ class ExportFilter:
             params["t_from"] = datetime.combine(self.date_from, time(), UTC)
         if self.date_to:
             where.append("j.scheduled_for < :t_to")
-            params["t_to"] = datetime.combine(self.date_to + timedelta(days=1), time(), UTC)
+            params["t_to"] = day_after(self.date_to)
         if self.prompt:
             where.append("pr.slug = :prompt")
             params["prompt"] = self.prompt
@@ -80,6 +81,13 @@ class ExportFilter:
             where.append("mo.slug = :model")
             params["model"] = self.model
         return where, params
+
+
+def day_after(day: date) -> datetime:
+    """The exclusive upper bound of an inclusive day (the last representable day stays)."""
+    if day >= date.max:
+        return datetime.combine(date.max, time.max, UTC)
+    return datetime.combine(day + timedelta(days=1), time(), UTC)
 
 
 def _encode(values: list[Any]) -> str:
@@ -94,7 +102,15 @@ def _decode(table: Table, cursor: str) -> list[Any]:
         raise InvalidExport("cursor", "not a cursor this API returned") from None
     if not (isinstance(values, list) and len(values) == 3 and values[0] == table):
         raise InvalidExport("cursor", "not a cursor this API returned")
-    return values[1:]
+    at, key = values[1], values[2]
+    try:
+        at = datetime.fromisoformat(at)
+        key = str(uuid.UUID(key)) if table == "answers" else int(key)
+    except (TypeError, ValueError):
+        raise InvalidExport("cursor", "not a cursor this API returned") from None
+    if at.tzinfo is None:
+        raise InvalidExport("cursor", "not a cursor this API returned")
+    return [at, key]
 
 
 def _plain(value: Any) -> Any:
@@ -121,7 +137,7 @@ def page(
         if cursor:
             at, job_id = _decode(table, cursor)
             where.append("(j.scheduled_for, j.id) > (:c_at, CAST(:c_id AS uuid))")
-            params.update(c_at=datetime.fromisoformat(at), c_id=job_id)
+            params.update(c_at=at, c_id=job_id)
         sql = f"""
             SELECT j.batch_key, j.scheduled_for, pr.slug AS prompt, mo.slug AS model,
                    j.run_index, j.status, j.attempt_count AS attempts, j.error_kind,
@@ -148,7 +164,7 @@ def page(
         if cursor:
             at, mention_id = _decode(table, cursor)
             where.append("(j.scheduled_for, m.id) > (:c_at, :c_id)")
-            params.update(c_at=datetime.fromisoformat(at), c_id=int(mention_id))
+            params.update(c_at=at, c_id=mention_id)
         sql = f"""
             SELECT m.batch_key, j.scheduled_for, pr.slug AS prompt, mo.slug AS model,
                    j.run_index, m.rank, m.display_name AS entity, m.name AS entity_key,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Engine, bindparam, text
 
 from promptrun.brands import brand_rows
 from promptrun.errors import InputError
+from promptrun.export import day_after
 
 Z95 = 1.959963984540054
 ALPHA = 0.05
@@ -223,7 +224,7 @@ def _job_where(s: Slice, ids: dict[str, int]) -> tuple[str, dict[str, Any]]:
         params["t_from"] = datetime.combine(s.date_from, time(), UTC)
     if s.date_to:
         where.append("j.scheduled_for < :t_to")
-        params["t_to"] = datetime.combine(s.date_to + timedelta(days=1), time(), UTC)
+        params["t_to"] = day_after(s.date_to)
     if s.batch_keys is not None:
         where.append("j.batch_key IN :batch_keys")
         params["batch_keys"] = list(s.batch_keys)

@@ -178,6 +178,7 @@ def complete(engine: Engine, batch_keys: Iterable[str]) -> list[str]:
     sent = []
     for key in batch_keys:
         if not _claim(engine, key):
+            _refresh_if_reopened(engine, key)
             continue
         detail = batch_detail(engine, key)
         drops = visibility.significant_drops(engine, key)
@@ -187,6 +188,7 @@ def complete(engine: Engine, batch_keys: Iterable[str]) -> list[str]:
         ]
         events.publish(published)
         with engine.begin() as conn:
+            visibility.refresh_rollups(conn, [key])
             conn.execute(
                 text(
                     "UPDATE batch_completions SET sent_at = now(), claimed_until = NULL, "
@@ -201,6 +203,23 @@ def complete(engine: Engine, batch_keys: Iterable[str]) -> list[str]:
         )
         sent.append(key)
     return sent
+
+
+def _refresh_if_reopened(engine: Engine, batch_key: str) -> None:
+    """A batch announced before and finished again (jobs retried since): its rollup is
+    summed anew; the event is not sent twice."""
+    with engine.begin() as conn:
+        stale = conn.execute(
+            text(
+                """SELECT 1 FROM batch_completions c
+                   WHERE c.batch_key = :k AND c.sent_at IS NOT NULL
+                     AND c.rolled_up_at < (SELECT max(finished_at) FROM prompt_jobs
+                                           WHERE batch_key = :k)"""
+            ),
+            {"k": batch_key},
+        ).first()
+        if stale and _is_finished(conn, batch_key):
+            visibility.refresh_rollups(conn, [batch_key])
 
 
 def sweep(engine: Engine, limit: int = 100, days: int = 7) -> list[str]:

@@ -119,6 +119,12 @@ def sync_brands(session: Session, brands: list[BrandEntry]) -> BrandChanges:
                     insert(BrandAlias),
                     [{"alias": k, "brand_id": row.id, "spelling": v} for k, v in keys.items()],
                 )
+    if changes.created or changes.updated or changes.removed:
+        # Rollups hold matches: sum every finished batch again under the new aliases.
+        from promptrun.visibility import refresh_rollups
+
+        session.flush()
+        refresh_rollups(session.connection())
     return changes
 
 

@@ -310,58 +310,124 @@ def _aggregate(
                 counts.scheduled_for = m["scheduled_for"]
     if not answers:
         return answers, {}
-    m_where = ["m.batch_key IN :keys"]
-    m_params: dict[str, Any] = {"keys": sorted(batch_keys)}
+    # Finished batches are read from their rollup; the others from their mentions.
+    rolled = _rolled_up(conn, sorted(batch_keys))
+    live = sorted(batch_keys - rolled)
+    filters: list[str] = []
+    f_params: dict[str, Any] = {}
     if s.prompt:
-        m_where.append("m.prompt_id = :prompt_id")
-        m_params["prompt_id"] = ids["prompt"]
+        filters.append("prompt_id = :prompt_id")
+        f_params["prompt_id"] = ids["prompt"]
     if s.model:
-        m_where.append("m.model_id = :model_id")
-        m_params["model_id"] = ids["model"]
-    # A job's batch, model and prompt are one per job: carried through the per-answer step.
-    carried = ", ".join(f"min(m.{c}) AS {c}" for c in cols)
-    outer = ", ".join(cols)
-    mention_sql = f"""
-        WITH per_answer AS (
-            SELECT a.brand_id, m.job_id, {carried + "," if cols else ""}
-                   min(m.rank) AS position,
-                   -- The sentiment of its best-ranked mention, as a plain (hashable)
-                   -- aggregate: an ordered array_agg would force a sort of every row.
-                   substr(min(lpad(m.rank::text, 6, '0') || coalesce(m.sentiment, '')), 7)
-                       AS sentiment
-            FROM brand_aliases a
-            JOIN entity_mentions m ON m.name = a.alias
-            WHERE {" AND ".join(m_where)}
-            GROUP BY a.brand_id, m.job_id
-        )
-        SELECT {outer + "," if cols else ""} brand_id, count(*) AS n,
-               sum(position) AS position_sum,
+        filters.append("model_id = :model_id")
+        f_params["model_id"] = ids["model"]
+    brands: dict[tuple[tuple[str, ...], int], _BrandCounts] = {}
+    queries = []
+    if live:
+        where_m = " AND ".join(["m.batch_key IN :keys", *(f"m.{f}" for f in filters)])
+        queries.append((_per_brand_sql(where_m, cols), {**f_params, "keys": live}))
+    if rolled:
+        where_r = " AND ".join(["batch_key IN :keys", *filters])
+        queries.append((_rollup_sql(where_r, cols), {**f_params, "keys": sorted(rolled)}))
+    for sql, q_params in queries:
+        stmt = text(sql).bindparams(bindparam("keys", expanding=True))
+        for row in conn.execute(stmt, q_params):
+            m = row._mapping
+            key = key_of([m[c] for c in cols])
+            if key not in answers:  # a mention of a job outside the slice (not succeeded)
+                continue
+            c = brands.setdefault((key, int(m["brand_id"])), _BrandCounts())
+            c.answers_mentioning += int(m["n"])
+            c.position_sum += int(m["position_sum"])
+            c.first += int(m["first"])
+            c.positive += int(m["positive"])
+            c.neutral += int(m["neutral"])
+            c.negative += int(m["negative"])
+            c.unknown += int(m["unknown"])
+    return answers, brands
+
+
+def _per_answer_sql(where: str, carried: Sequence[str]) -> str:
+    """One row per (brand, answer): aliases of one brand in one answer count once."""
+    carry = "".join(f"min(m.{c}) AS {c}, " for c in carried)
+    return f"""
+        SELECT a.brand_id, m.job_id, {carry}min(m.rank) AS position,
+               -- The sentiment of its best-ranked mention, as a plain (hashable)
+               -- aggregate: an ordered array_agg would force a sort of every row.
+               substr(min(lpad(m.rank::text, 6, '0') || coalesce(m.sentiment, '')), 7)
+                   AS sentiment
+        FROM brand_aliases a
+        JOIN entity_mentions m ON m.name = a.alias
+        WHERE {where}
+        GROUP BY a.brand_id, m.job_id"""
+
+
+_COUNTS = """count(*) AS n, sum(position) AS position_sum,
                count(*) FILTER (WHERE position = 1) AS first,
                count(*) FILTER (WHERE sentiment = 'positive') AS positive,
                count(*) FILTER (WHERE sentiment = 'neutral') AS neutral,
                count(*) FILTER (WHERE sentiment = 'negative') AS negative,
                count(*) FILTER (WHERE sentiment NOT IN ('positive', 'neutral', 'negative'))
-                   AS unknown
-        FROM per_answer
-        GROUP BY {outer + "," if cols else ""} brand_id
-    """
-    stmt = text(mention_sql).bindparams(bindparam("keys", expanding=True))
-    brands: dict[tuple[tuple[str, ...], int], _BrandCounts] = {}
-    for row in conn.execute(stmt, m_params):
-        m = row._mapping
-        key = key_of([m[c] for c in cols])
-        if key not in answers:  # a mention of a job outside the slice (not succeeded)
-            continue
-        brands[(key, int(m["brand_id"]))] = _BrandCounts(
-            answers_mentioning=int(m["n"]),
-            position_sum=int(m["position_sum"]),
-            first=int(m["first"]),
-            positive=int(m["positive"]),
-            neutral=int(m["neutral"]),
-            negative=int(m["negative"]),
-            unknown=int(m["unknown"]),
+                   AS unknown"""
+
+
+def _per_brand_sql(where: str, cols: Sequence[str]) -> str:
+    lead = "".join(f"{c}, " for c in cols)
+    return f"""
+        WITH per_answer AS ({_per_answer_sql(where, cols)})
+        SELECT {lead}brand_id, {_COUNTS}
+        FROM per_answer GROUP BY {lead}brand_id"""
+
+
+def _rollup_sql(where: str, cols: Sequence[str]) -> str:
+    lead = "".join(f"{c}, " for c in cols)
+    return f"""
+        SELECT {lead}brand_id, sum(answers_mentioning) AS n, sum(position_sum) AS position_sum,
+               sum(first_position) AS first, sum(positive) AS positive,
+               sum(neutral) AS neutral, sum(negative) AS negative, sum(unknown) AS unknown
+        FROM visibility_rollups WHERE {where} GROUP BY {lead}brand_id"""
+
+
+def _rolled_up(conn: Connection, batch_keys: list[str]) -> set[str]:
+    if not batch_keys:
+        return set()
+    stmt = text(
+        "SELECT batch_key FROM batch_completions "
+        "WHERE batch_key IN :keys AND rolled_up_at IS NOT NULL"
+    ).bindparams(bindparam("keys", expanding=True))
+    return {r[0] for r in conn.execute(stmt, {"keys": batch_keys})}
+
+
+def refresh_rollups(conn: Connection, batch_keys: list[str] | None = None) -> None:
+    """Sum finished batches into visibility_rollups: these keys (at completion), or every
+    batch with a completion row (None: after brands or aliases changed)."""
+    conn.execute(text(_WORK_MEM))
+    if batch_keys is None:
+        batch_keys = list(conn.execute(text("SELECT batch_key FROM batch_completions")).scalars())
+        conn.execute(text("DELETE FROM visibility_rollups"))
+    else:
+        conn.execute(
+            text("DELETE FROM visibility_rollups WHERE batch_key IN :keys").bindparams(
+                bindparam("keys", expanding=True)
+            ),
+            {"keys": batch_keys},
         )
-    return answers, brands
+    if not batch_keys:
+        return
+    keys = ["batch_key", "model_id", "prompt_id"]
+    insert = f"""
+        INSERT INTO visibility_rollups (batch_key, model_id, prompt_id, brand_id,
+            answers_mentioning, position_sum, first_position, positive, neutral, negative,
+            unknown)
+        {_per_brand_sql("m.batch_key IN :keys", keys)}"""
+    stmt = text(insert).bindparams(bindparam("keys", expanding=True))
+    conn.execute(stmt, {"keys": batch_keys})
+    conn.execute(
+        text(
+            "UPDATE batch_completions SET rolled_up_at = now() WHERE batch_key IN :keys"
+        ).bindparams(bindparam("keys", expanding=True)),
+        {"keys": batch_keys},
+    )
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

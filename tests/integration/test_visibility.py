@@ -6,11 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from promptrun.api import build_app
 from promptrun.catalog import load_catalog, sync_catalog
@@ -284,3 +285,56 @@ def test_results_routes_are_in_the_openapi_document(app: APIGatewayRestResolver)
     assert "/dashboard" not in doc["paths"]  # the static shell is no API
     params = {p["name"] for p in doc["paths"]["/visibility"]["get"]["parameters"]}
     assert {"brand", "prompt", "model", "from", "to", "group_by"} <= params
+
+
+# --- rollups of finished batches ----------------------------------------------------------
+
+
+def _all_reports(engine: Engine) -> list[Any]:
+    return [
+        visibility(engine, Slice(), group_by=g).model_dump() for g in ("batch", "model", "prompt")
+    ] + [
+        visibility(engine, Slice(model="alpha"), group_by="batch").model_dump(),
+        trends(engine, Slice(), brand="acme").model_dump(),
+    ]
+
+
+def test_rollups_of_finished_batches_give_the_live_figures(
+    engine: Engine, answers: Answers, moto_server: Any
+) -> None:
+    from promptrun import batch_completion
+
+    two_batches(answers)
+    live = _all_reports(engine)
+    assert batch_completion.complete(engine, ["2026-01-01", "2026-01-02"]) == [
+        "2026-01-01",
+        "2026-01-02",
+    ]
+    with engine.connect() as conn:
+        rolled = conn.execute(text("SELECT count(*) FROM visibility_rollups")).scalar_one()
+    assert rolled > 0
+    assert _all_reports(engine) == live
+    # Aliases change: the rollups are summed again under the new matching.
+    catalog = BRANDS_CATALOG.replace(
+        "{slug: initech, name: Initech}", "{slug: initech, name: Initech, aliases: [Hooli]}"
+    )
+    sync_catalog(engine, load_catalog(catalog))
+    beta = next(g for g in visibility(engine, Slice(), brand="initech").groups if g.key == "beta")
+    assert beta.brands[0].answers_mentioning == 2
+
+
+def test_a_reopened_batch_is_summed_again(
+    engine: Engine, answers: Answers, moto_server: Any
+) -> None:
+    from promptrun import batch_completion
+
+    two_batches(answers)
+    batch_completion.complete(engine, ["2026-01-02"])
+    before = visibility(engine, Slice(batch_keys=("2026-01-02",)), brand="acme", group_by="batch")
+    assert before.groups[0].brands[0].answers_mentioning == 0
+    # A retried job of the finished batch succeeds later, naming Acme.
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    answers.add("2026-01-02", day(1), "alpha", "crm", 9, ["Acme"], finished_at=later)
+    assert batch_completion.complete(engine, ["2026-01-02"]) == []  # not announced twice
+    after = visibility(engine, Slice(batch_keys=("2026-01-02",)), brand="acme", group_by="batch")
+    assert (after.groups[0].answers, after.groups[0].brands[0].answers_mentioning) == (5, 1)

@@ -61,8 +61,12 @@ class Answers:
                     status=status,
                     attempt_count=1,
                     scheduled_for=scheduled_for,
-                    finished_at=None if status in ("queued", "processing") else scheduled_for,
-                    **job,
+                    **{
+                        "finished_at": None
+                        if status in ("queued", "processing")
+                        else scheduled_for,
+                        **job,
+                    },
                 )
             )
             if status != "succeeded":

@@ -253,3 +253,26 @@ class BatchCompletion(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # When visibility_rollups last summed this batch; None: read its mentions live.
+    rolled_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class VisibilityRollup(Base):
+    """A finished batch's brand counts per model and prompt, summed once at completion so a
+    year of visibility reads thousands of rows instead of a million mentions."""
+
+    __tablename__ = "visibility_rollups"
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    brand_id: Mapped[int] = mapped_column(
+        ForeignKey("brands.id", ondelete="CASCADE"), primary_key=True
+    )
+    answers_mentioning: Mapped[int] = mapped_column(Integer, nullable=False)
+    position_sum: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    first_position: Mapped[int] = mapped_column(Integer, nullable=False)
+    positive: Mapped[int] = mapped_column(Integer, nullable=False)
+    neutral: Mapped[int] = mapped_column(Integer, nullable=False)
+    negative: Mapped[int] = mapped_column(Integer, nullable=False)
+    unknown: Mapped[int] = mapped_column(Integer, nullable=False)

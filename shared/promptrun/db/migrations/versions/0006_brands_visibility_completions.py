@@ -56,7 +56,31 @@ def upgrade() -> None:
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("detail", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("rolled_up_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("batch_key", name=op.f("pk_batch_completions")),
+    )
+    op.create_table(
+        "visibility_rollups",
+        sa.Column("batch_key", sa.String(length=64), nullable=False),
+        sa.Column("model_id", sa.BigInteger(), nullable=False),
+        sa.Column("prompt_id", sa.BigInteger(), nullable=False),
+        sa.Column("brand_id", sa.BigInteger(), nullable=False),
+        sa.Column("answers_mentioning", sa.Integer(), nullable=False),
+        sa.Column("position_sum", sa.BigInteger(), nullable=False),
+        sa.Column("first_position", sa.Integer(), nullable=False),
+        sa.Column("positive", sa.Integer(), nullable=False),
+        sa.Column("neutral", sa.Integer(), nullable=False),
+        sa.Column("negative", sa.Integer(), nullable=False),
+        sa.Column("unknown", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["brand_id"],
+            ["brands.id"],
+            name=op.f("fk_visibility_rollups_brand_id_brands"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "batch_key", "model_id", "prompt_id", "brand_id", name=op.f("pk_visibility_rollups")
+        ),
     )
     # Batches already finished count as announced: the first sweep sends no backlog.
     op.execute(
@@ -74,6 +98,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("visibility_rollups")
     op.drop_index("ix_entity_mentions_name_batch_key", table_name="entity_mentions")
     op.drop_table("batch_completions")
     op.drop_index("ix_brand_aliases_brand_id", table_name="brand_aliases")

@@ -68,11 +68,12 @@ def _is_finished(conn: Any, batch_key: str) -> bool:
     ).first()
 
 
-def _claim(engine: Engine, batch_key: str) -> bool:
-    """True for exactly one caller while the batch's event is unsent."""
+def _claim(engine: Engine, batch_key: str) -> str:
+    """'claimed' for exactly one caller while the batch's event is unsent; 'unfinished'
+    while jobs are left; 'taken' when another sender holds it or it was sent."""
     with engine.begin() as conn:
         if not _is_finished(conn, batch_key):
-            return False
+            return "unfinished"
         conn.execute(
             text("INSERT INTO batch_completions (batch_key) VALUES (:k) ON CONFLICT DO NOTHING"),
             {"k": batch_key},
@@ -87,7 +88,7 @@ def _claim(engine: Engine, batch_key: str) -> bool:
             ),
             {"k": batch_key, "secs": CLAIM_SECONDS},
         ).first()
-    return claimed is not None
+    return "claimed" if claimed is not None else "taken"
 
 
 def batch_detail(engine: Engine, batch_key: str) -> dict[str, Any]:
@@ -177,8 +178,10 @@ def complete(engine: Engine, batch_keys: Iterable[str]) -> list[str]:
     keys this call sent."""
     sent = []
     for key in batch_keys:
-        if not _claim(engine, key):
-            _refresh_if_reopened(engine, key)
+        claim = _claim(engine, key)
+        if claim != "claimed":
+            if claim == "taken":
+                _refresh_if_reopened(engine, key)
             continue
         detail = batch_detail(engine, key)
         drops = visibility.significant_drops(engine, key)

@@ -2,8 +2,9 @@
 
 Matching is done at query time: `brand_aliases` maps a normalized mention name (the same
 key `entity_mentions.name` holds: markdown and punctuation stripped, case-folded) to its
-brand. Mentions are never rewritten, so a sync that changes aliases re-matches every past
-answer at once, and an unmatched entity simply stays as it is.
+brand. Mentions are never rewritten, and an unmatched entity simply stays as it is. A
+sync that changes brands or aliases recomputes the finished batches' rollups in the same
+transaction, so every past answer is re-matched at once.
 """
 
 from __future__ import annotations

@@ -12,16 +12,18 @@ A change between two batches is called significant only when Fisher's exact test
 two 2x2 tables (mentioning / not mentioning) gives p < alpha (0.05): exact at any count, so
 67% -> 33% of three answers is not a change.
 
-Brands are matched at query time through brand_aliases (see promptrun.brands). The
-mention side reads only the index ix_entity_mentions_name_batch_key (name, batch_key,
-INCLUDE job/model/prompt/rank/sentiment); the answer counts read prompt_jobs by
-(batch_key, status).
+Brands are matched at query time through brand_aliases (see promptrun.brands). A
+finished batch's counts are summed once into visibility_rollups (at its completion; all
+again when aliases change); an unfinished batch's mentions are read through the covering
+index ix_entity_mentions_name_batch_key (name, batch_key INCLUDE job/model/prompt/rank/
+sentiment). The answer counts read prompt_jobs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any, Literal
@@ -593,8 +595,6 @@ _KEY_SHAPES = (
 
 def key_shape(batch_key: str) -> str:
     """hourly, daily, weekly or manual: only batches of one shape are compared."""
-    import re
-
     for name, pattern in _KEY_SHAPES:
         if re.match(pattern, batch_key):
             return name
@@ -691,20 +691,3 @@ def significant_drops(engine: Engine, batch_key: str, alpha: float = ALPHA) -> l
                     )
                 )
     return drops
-
-
-def parse_day(field: str, value: str | None) -> date | None:
-    """YYYY-MM-DD, or an error naming the field."""
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise InvalidVisibilityQuery(field, f"expected a date YYYY-MM-DD, got {value!r}") from None
-
-
-def flatten(report: VisibilityReport) -> Iterable[dict[str, Any]]:
-    """One row per group and brand, for tables and CSV."""
-    for g in report.groups:
-        for b in g.brands:
-            yield {"group": g.key, **b.model_dump(exclude={"sentiment"}), **b.sentiment}

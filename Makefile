@@ -64,6 +64,10 @@ demo: up ## the whole pipeline locally: fan-out, poller + processor, status summ
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun catalog sync examples/catalog.yaml
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun demo
 
+.PHONY: api
+api: up ## serve the status API and the dashboard on http://127.0.0.1:8321 (token: .local/api-token)
+	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun api
+
 .PHONY: demo-sam
 demo-sam: up sam-cli ## the demo with all three functions in Lambda containers (sam local)
 	SAM=$(abspath $(SAM)) scripts/demo_sam.sh
@@ -89,13 +93,14 @@ lint: venv ## ruff and mypy
 test-unit: venv ## unit and integration tests only (no containers): the inner loop
 	$(VENV)/bin/pytest -q -n 2 -m 'not sam' tests/unit tests/integration
 
-test: venv sam-cli ## everything: lint, sam validate/build, engine + network check, unit, integration and SAM container tests
+test: venv sam-cli ## everything: lint, sam validate/build, engine + network check, unit, integration, the dashboard in Chromium, SAM container tests
 	VENV=$(VENV) SAM=$(abspath $(SAM)) scripts/test.sh
 
 .PHONY: bench
 bench: venv ## benchmarks that print figures
 	$(VENV)/bin/python -m tests.bench.run
 	$(VENV)/bin/python -m tests.bench.flow
+	$(VENV)/bin/python -m tests.bench.visibility
 
 .PHONY: clean
 clean: down ## remove build output and local state

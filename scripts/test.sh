@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: lint, sam validate/build, the container engine and its network, the tests'
 # PostgreSQL (proven reachable from a Lambda container before any test runs), the unit and
-# integration tests, then the SAM container tests.
+# integration tests, the dashboard in headless Chromium, then the SAM container tests.
 #
 # It stops what it started and reuses what was already running: a PostgreSQL that this
 # checkout's `make up`/`make demo` had started stays up; one started here is stopped, and so
@@ -63,4 +63,9 @@ PG_PORT="$("$PY" -c 'from tests.support import stack; print(stack.start_postgres
 scripts/container_engine.sh --reach "$PG_PORT"
 
 "$VENV/bin/pytest" -q -n 2 -m 'not sam' tests/unit tests/integration
+# The dashboard in headless Chromium (Debian's package, installed when missing).
+scripts/chromium.sh >"$LOCAL/chromium.env"
+# shellcheck disable=SC1091
+source "$LOCAL/chromium.env"
+"$VENV/bin/pytest" -q -m browser tests/browser
 SAM="$(cd "$(dirname "$SAM")" && pwd)/$(basename "$SAM")" "$VENV/bin/pytest" -q -m sam tests/sam

@@ -4,6 +4,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from promptrun import batch_completion
 from promptrun.aws import JobQueue
 from promptrun.db.engine import get_engine
 from promptrun.fanout import parse_event, run_fanout
@@ -16,6 +17,7 @@ settings = get_settings().require("database", "queue")
 @logger.inject_lambda_context(log_event=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@batch_completion.sweep_after(lambda: get_engine(settings, pool_size=2))
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse_event(event)
     queue = JobQueue(settings.jobs_queue_url or "")

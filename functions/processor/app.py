@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from promptrun import batch_completion
 from promptrun.aws import SQS_BATCH, JobQueue
 from promptrun.db.engine import get_engine
 from promptrun.observability import logger, metrics, tracer
@@ -27,6 +28,7 @@ threads = ThreadPoolExecutor(max_workers=SQS_BATCH, thread_name_prefix="record")
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@batch_completion.after_invocation(lambda: get_engine(settings))
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     runner = JobRunner(get_engine(settings), settings, JobQueue(settings.jobs_queue_url or ""))
 

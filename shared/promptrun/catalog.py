@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import Engine, select
 
 from promptrun import limits
+from promptrun.brands import BrandEntry, check_brands, sync_brands
 from promptrun.catalog_params import param_problems
 from promptrun.db.engine import session_scope
 from promptrun.db.models import Model, Prompt, PromptVersion
@@ -93,6 +94,8 @@ class CatalogFile(BaseModel):
     limit_groups: list[LimitGroup] = Field(default_factory=list)
     models: list[ModelEntry] = Field(default_factory=list)
     prompts: list[PromptEntry] = Field(default_factory=list)
+    # None: the file says nothing about brands and the tracked ones stay as they are.
+    brands: list[BrandEntry] | None = None
 
 
 def prompt_version(text: str, system: str | None) -> str:
@@ -258,6 +261,7 @@ def _check_references(catalog: CatalogFile, source: str) -> None:
                     problems.append(
                         f"prompts[{i}] ({prompt.slug}).models: unknown model slug {slug!r}"
                     )
+    problems += check_brands(catalog.brands or [])
     if problems:
         raise _problems_error(source, problems)
 
@@ -363,6 +367,11 @@ def sync_catalog(engine: Engine, catalog: CatalogFile, *, prune: bool = False) -
         store_versions(session, [p.slug for p in catalog.prompts])
         if prune:
             report.disabled += disable_missing(session, catalog)
+        if catalog.brands is not None:
+            brands = sync_brands(session, catalog.brands)
+            report.created += brands.created
+            report.updated += brands.updated + [f"{b} (removed)" for b in brands.removed]
+            report.unchanged += brands.unchanged
     return report
 
 

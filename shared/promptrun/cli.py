@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from promptrun import cli_flow, cli_operator
+from promptrun import cli_flow, cli_operator, cli_results
 from promptrun.cli_errors import run_guarded
 from promptrun.errors import InputError, PromptrunError
 from promptrun.local.events import api_gateway_event, bearer, scheduled_event
@@ -241,6 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for key in keys:
         print()
         print(render_summary(batch_summary(key)))
+    cli_results.demo_epilogue(keys)
     return 0
 
 
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     local = sub.add_parser("local", help="start or stop the local PostgreSQL and moto")
     local.add_argument("action", choices=["up", "down"], help="up: start (idempotent); down: stop")
     local.set_defaults(func=cmd_local)
+    cli_results.register(sub)
     return parser
 
 

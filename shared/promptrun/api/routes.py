@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from promptrun import __version__, operator, queries
-from promptrun.api import models_routes
+from promptrun.api import dashboard_routes, models_routes, visibility_routes
 from promptrun.aws import get_secret_string
 from promptrun.catalog import SLUG_PATTERN
 from promptrun.db.engine import get_engine
@@ -155,7 +155,7 @@ def build_app(
     def require_bearer_token(
         app: APIGatewayRestResolver, next_middleware: NextMiddleware
     ) -> Response:
-        if not authorized():
+        if not (dashboard_routes.is_public(app.current_event.path) or authorized()):
             return _unauthorized()
         return next_middleware(app)
 
@@ -252,6 +252,8 @@ def build_app(
 
     operator_routes.register(app, engine_factory, sender, _ERRORS_404)
     models_routes.register(app, engine_factory, _ERRORS_404)
+    visibility_routes.register(app, engine_factory, _ERRORS)
+    dashboard_routes.register(app, engine_factory, _ERRORS)
 
     @cache
     def openapi_document() -> str:

@@ -262,6 +262,13 @@ class EntityMention(Base):
         Index("ix_entity_mentions_batch_key_name", "batch_key", "name"),
         Index("ix_entity_mentions_prompt_id", "prompt_id"),
         Index("ix_entity_mentions_model_id", "model_id"),
+        # Visibility: a brand's aliases across batches, answered from the index alone.
+        Index(
+            "ix_entity_mentions_name_batch_key",
+            "name",
+            "batch_key",
+            postgresql_include=["job_id", "model_id", "prompt_id", "rank", "sentiment"],
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -282,3 +289,66 @@ class EntityMention(Base):
     sentiment: Mapped[str | None] = mapped_column(String(16))
     snippet: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
+
+
+class Brand(Base):
+    """A brand the catalogue tracks: the user's own (own=True) or a competitor."""
+
+    __tablename__ = "brands"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(String(300), nullable=False)
+    own: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class BrandAlias(Base):
+    """A normalized mention name (entity_mentions.name) that stands for a brand; matched at
+    query time, so a changed alias applies to every past answer at once."""
+
+    __tablename__ = "brand_aliases"
+    __table_args__ = (Index("ix_brand_aliases_brand_id", "brand_id"),)
+
+    alias: Mapped[str] = mapped_column(String(300), primary_key=True)
+    brand_id: Mapped[int] = mapped_column(
+        ForeignKey("brands.id", ondelete="CASCADE"), nullable=False
+    )
+    spelling: Mapped[str] = mapped_column(String(300), nullable=False)
+
+
+class BatchCompletion(Base):
+    """One row per finished batch: the guard that sends promptrun.batch.completed once."""
+
+    __tablename__ = "batch_completions"
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    detected_at: Mapped[datetime] = _now()
+    # A sender holds the row until then; a crashed sender's claim lapses and another sends.
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # When visibility_rollups last summed this batch; None: read its mentions live.
+    rolled_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class VisibilityRollup(Base):
+    """A finished batch's brand counts per model and prompt, summed once at completion so a
+    year of visibility reads thousands of rows instead of a million mentions."""
+
+    __tablename__ = "visibility_rollups"
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    brand_id: Mapped[int] = mapped_column(
+        ForeignKey("brands.id", ondelete="CASCADE"), primary_key=True
+    )
+    answers_mentioning: Mapped[int] = mapped_column(Integer, nullable=False)
+    position_sum: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    first_position: Mapped[int] = mapped_column(Integer, nullable=False)
+    positive: Mapped[int] = mapped_column(Integer, nullable=False)
+    neutral: Mapped[int] = mapped_column(Integer, nullable=False)
+    negative: Mapped[int] = mapped_column(Integer, nullable=False)
+    unknown: Mapped[int] = mapped_column(Integer, nullable=False)

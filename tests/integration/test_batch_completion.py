@@ -1,0 +1,168 @@
+"""promptrun.batch.completed once per batch, promptrun.visibility.changed for significant
+drops of own brands, failure-rate metrics: real processor handler, PostgreSQL and moto's
+EventBridge delivering to a queue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from promptrun import batch_completion, events
+from promptrun.aws import JobQueue
+from promptrun.catalog import load_catalog, sync_catalog
+from promptrun.errors import PromptrunError
+from promptrun.fanout import FanoutRequest, run_fanout
+from promptrun.local.lambda_runtime import LocalContext, load_handler
+from promptrun.local.poller import sqs_event
+from promptrun.settings import Settings, get_settings
+from tests.support.eventbus import EventCapture, capture_events
+from tests.support.results import BRANDS_CATALOG, Answers, day
+from tests.support.sqs import receive_all
+from tests.support.stack import MotoServer
+
+AT = datetime(2026, 11, 22, 13, 5, tzinfo=UTC)
+CATALOG = """
+models:
+  - {slug: good, provider: offline, model: good-1, price_per_mtok: {input: 1.0, output: 2.0}}
+  - {slug: bad, provider: offline, model: bad-1, params: {simulate_error: auth}}
+prompts:
+  - {slug: p, text: "Which CRM?", schedule: daily, runs: 3}
+"""
+
+
+@pytest.fixture
+def bus(moto_server: MotoServer) -> Iterator[EventCapture]:
+    with capture_events(moto_server.endpoint) as capture:
+        yield capture
+
+
+@pytest.fixture
+def processor(settings: Settings, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("JOBS_QUEUE_URL", settings.jobs_queue_url or "")
+    get_settings.cache_clear()
+    yield load_handler("processor", fresh=True).lambda_handler
+    get_settings.cache_clear()
+
+
+def test_a_batch_completes_once_through_the_processor_handler(
+    engine: Engine,
+    settings: Settings,
+    sqs: Any,
+    bus: EventCapture,
+    processor: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sync_catalog(engine, load_catalog(CATALOG))
+    run_fanout(engine, JobQueue(settings.jobs_queue_url or ""), FanoutRequest(at=AT), settings)
+    msgs = receive_all(sqs, settings.jobs_queue_url)
+    assert len(msgs) == 6
+    arn = "arn:aws:sqs:us-east-1:123456789012:jobs"
+    # Five jobs first: the batch is not finished, nothing is sent.
+    processor(sqs_event(msgs[:5], arn, "us-east-1"), LocalContext("processor", 60))
+    assert bus.events() == []
+    # The last one, delivered twice at once (SQS is at least once), and once more later.
+    with ThreadPoolExecutor(2) as pool:
+        list(
+            pool.map(
+                lambda _: processor(
+                    sqs_event(msgs[5:], arn, "us-east-1"), LocalContext("processor", 60)
+                ),
+                range(2),
+            )
+        )
+    processor(sqs_event(msgs, arn, "us-east-1"), LocalContext("processor", 60))
+    sent = bus.events(events.BATCH_COMPLETED)
+    assert len(sent) == 1
+    detail = sent[0]["detail"]
+    assert sent[0]["source"] == "promptrun"
+    assert detail["batch_key"] == "2026-11-22" and detail["counts"] == {"succeeded": 3, "failed": 3}
+    assert detail["failure_rate"] == 0.5 and detail["cost_usd"] > 0
+    assert detail["duration_seconds"] is not None and detail["duration_seconds"] >= 0
+    by_model = {m["model"]: m for m in detail["by_model"]}
+    assert by_model["bad"]["failure_rate"] == 1.0 and by_model["good"]["failure_rate"] == 0.0
+    # The failure-rate metric, per model and for all (the alarm's), as EMF lines.
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    rates = {m["model"]: m["BatchFailureRate"] for m in emf if "BatchFailureRate" in m}
+    assert rates == {"good": [0.0], "bad": [100.0], "all": [50.0]}
+    # A sweep finds nothing more to send.
+    assert batch_completion.sweep(engine) == []
+    assert len(bus.events(events.BATCH_COMPLETED)) == 1
+
+
+def test_many_concurrent_completers_send_one_event(engine: Engine, bus: EventCapture) -> None:
+    sync_catalog(engine, load_catalog(BRANDS_CATALOG))
+    a = Answers(engine)
+    for run in range(3):
+        a.add("2026-01-01", day(0), "alpha", "crm", run, ["Acme"])
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda _: batch_completion.complete(engine, ["2026-01-01"]), range(8))
+        )
+    assert sum(len(r) for r in results) == 1
+    assert len(bus.events(events.BATCH_COMPLETED)) == 1
+
+
+def test_an_unfinished_batch_is_not_completed(engine: Engine, bus: EventCapture) -> None:
+    sync_catalog(engine, load_catalog(BRANDS_CATALOG))
+    a = Answers(engine)
+    a.add("2026-01-01", day(0), "alpha", "crm", 0, ["Acme"])
+    a.add("2026-01-01", day(0), "alpha", "crm", 1, [], status="queued")
+    assert batch_completion.complete(engine, ["2026-01-01"]) == []
+    assert batch_completion.sweep(engine) == []
+    assert bus.events() == []
+
+
+def test_a_significant_drop_of_an_own_brand_emits_visibility_changed(
+    engine: Engine, bus: EventCapture
+) -> None:
+    sync_catalog(engine, load_catalog(BRANDS_CATALOG))
+    a = Answers(engine)
+    for run in range(12):
+        a.add("2026-01-01", day(0), "alpha", "crm", run, ["Acme"] if run < 10 else ["Globex"])
+    batch_completion.complete(engine, ["2026-01-01"])
+    # Globex (a competitor) also drops; only the own brand's drop is an event.
+    for run in range(12):
+        a.add(
+            "2026-01-02",
+            day(1),
+            "alpha",
+            "crm",
+            run,
+            ["Acme", "Globex"] if run < 2 else ["Initech"],
+        )
+    batch_completion.complete(engine, ["2026-01-02"])
+    changed = bus.events(events.VISIBILITY_CHANGED)
+    assert {(e["detail"]["brand"], e["detail"]["model"]) for e in changed} == {
+        ("acme", "alpha"),
+        ("acme", None),
+    }
+    d = changed[0]["detail"]
+    assert d["batch_key"] == "2026-01-02" and d["previous_batch_key"] == "2026-01-01"
+    assert (d["previous_mention_rate"], d["mention_rate"]) == (0.8333, 0.1667)
+    assert d["p_value"] < 0.05 and d["test"].startswith("Fisher")
+    assert len(bus.events(events.BATCH_COMPLETED)) == 2
+
+
+def test_a_refused_put_events_is_sent_by_a_later_sweep(
+    engine: Engine, bus: EventCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync_catalog(engine, load_catalog(BRANDS_CATALOG))
+    Answers(engine).add("2026-01-01", day(0), "alpha", "crm", 0, ["Acme"])
+    monkeypatch.setenv("EVENT_BUS_NAME", "no-such-bus")
+    with pytest.raises(Exception) as err:
+        batch_completion.complete(engine, ["2026-01-01"])
+    assert isinstance(err.value, PromptrunError) or "no-such-bus" in str(err.value)
+    monkeypatch.delenv("EVENT_BUS_NAME")
+    # Claimed by the failed sender: nobody else sends until the claim lapses.
+    assert batch_completion.sweep(engine) == []
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE batch_completions SET claimed_until = now() - interval '1 s'"))
+    assert batch_completion.sweep(engine) == ["2026-01-01"]
+    assert len(bus.events(events.BATCH_COMPLETED)) == 1

@@ -145,18 +145,32 @@ def register(sub: Any) -> None:
     vis = sub.add_parser("visibility", help="mention rate, share of voice, position per brand")
     vis.add_argument("--brand", help="brand slug (default: every tracked brand)")
     vis.add_argument("--batch-key", action="append", help="only these batches")
-    vis.add_argument("--group-by", choices=["batch", "model", "prompt"], default="model")
+    vis.add_argument(
+        "--group-by",
+        choices=["batch", "model", "prompt"],
+        default="model",
+        help="one row per brand and batch, model or prompt (default: model)",
+    )
     _slice_args(vis)
     vis.set_defaults(func=cmd_visibility)
 
     exp = sub.add_parser("export", help="answers or mentions as csv, jsonl or parquet")
     exp.add_argument("--batch-key", help="one batch (or --from/--to)")
-    exp.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
-    exp.add_argument("--table", choices=["answers", "mentions"], default="answers")
+    exp.add_argument(
+        "--format", choices=["csv", "jsonl", "parquet"], default="csv", help="default: csv"
+    )
+    exp.add_argument(
+        "--table",
+        choices=["answers", "mentions"],
+        default="answers",
+        help="one row per answer, or one per mention (default: answers)",
+    )
     exp.add_argument("--output", "-o", help="file (default: standard output; parquet needs one)")
     _slice_args(exp)
     exp.set_defaults(func=cmd_export)
 
     api = sub.add_parser("api", help="serve the status API and the dashboard on 127.0.0.1")
-    api.add_argument("--port", type=int, default=API_PORT)
+    api.add_argument(
+        "--port", type=int, default=API_PORT, help=f"port on 127.0.0.1 (default: {API_PORT})"
+    )
     api.set_defaults(func=cmd_api)

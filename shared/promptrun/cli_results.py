@@ -12,7 +12,15 @@ from typing import Any
 
 from promptrun.errors import InputError
 
-API_PORT = int(os.environ.get("PROMPTRUN_API_PORT", "8321"))
+API_PORT = 8321  # the first choice; each checkout keeps the port it got in .local/ports.json
+
+
+def api_port() -> int:
+    """This checkout's port for `promptrun api`: PROMPTRUN_API_PORT, else the saved one."""
+    from promptrun.local import ports
+
+    local = Path(os.environ.get("PROMPTRUN_LOCAL_DIR", ".local"))
+    return ports.choose(local, "api", default=API_PORT, env_var="PROMPTRUN_API_PORT")
 
 
 def _engine() -> Any:
@@ -99,14 +107,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def dashboard_url(port: int = API_PORT) -> str:
-    return f"http://127.0.0.1:{port}/dashboard"
+def dashboard_url(port: int | None = None) -> str:
+    return f"http://127.0.0.1:{port or api_port()}/dashboard"
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     from promptrun.local.api_server import LocalApi, status_app_resolver
 
-    server = LocalApi(status_app_resolver(), host="127.0.0.1", port=args.port)
+    server = LocalApi(status_app_resolver(), host="127.0.0.1", port=args.port or api_port())
     print(f"status API on {server.url} (dashboard: {server.url}/dashboard); Ctrl-C stops it")
     print("token: the API_TOKEN of the environment (.local/api-token for the local stack)")
     try:
@@ -171,6 +179,8 @@ def register(sub: Any) -> None:
 
     api = sub.add_parser("api", help="serve the status API and the dashboard on 127.0.0.1")
     api.add_argument(
-        "--port", type=int, default=API_PORT, help=f"port on 127.0.0.1 (default: {API_PORT})"
+        "--port",
+        type=int,
+        help="port on 127.0.0.1 (default: this checkout's, chosen once and kept in .local)",
     )
     api.set_defaults(func=cmd_api)

@@ -65,7 +65,7 @@ demo: up ## the whole pipeline locally: fan-out, poller + processor, status summ
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun demo
 
 .PHONY: api
-api: up ## serve the status API and the dashboard on http://127.0.0.1:8321 (token: .local/api-token)
+api: up ## serve the status API and the dashboard on 127.0.0.1 (port kept in .local/ports.json; token: .local/api-token)
 	source $(LOCAL)/env.sh && $(VENV)/bin/promptrun api
 
 .PHONY: demo-sam

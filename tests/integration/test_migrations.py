@@ -28,4 +28,27 @@ def test_unique_key_and_indexes_exist(engine: Engine) -> None:
     uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("prompt_jobs")}
     assert ("prompt_id", "model_id", "run_index", "batch_key") in uniques
     indexed = {tuple(i["column_names"]) for i in insp.get_indexes("prompt_jobs")}
-    assert {("status",), ("scheduled_for",), ("prompt_id",), ("batch_key", "status")} <= indexed
+    assert {
+        ("batch_key", "created_at", "id"),
+        ("created_at", "id"),
+        ("status", "created_at"),
+    } <= indexed
+    # Redundant ones are gone: prompt_id leads the unique key; nothing filters on these alone.
+    assert not {("prompt_id",), ("scheduled_for",), ("status",)} & indexed
+
+
+def test_downgrade_and_upgrade_again_keep_the_summaries(engine: Engine) -> None:
+    from sqlalchemy import text
+
+    from promptrun.db import migrate as m
+
+    cfg = m.alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        from alembic import command
+
+        command.downgrade(cfg, "0002")
+    assert not inspect(engine).has_table("job_counts")
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM job_counts")).scalar_one() == 0

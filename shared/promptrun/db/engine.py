@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,8 +48,15 @@ def database_url(settings: Settings) -> URL:
     raise ConfigError("DATABASE_URL or DATABASE_SECRET_ARN must be set")
 
 
-def get_engine(settings: Settings, pool_size: int = 10) -> Engine:
-    """One engine per URL and process, reused across warm invocations."""
+# A processor instance needs no more: its records share them (each holds one only for its
+# short statements, never across a model call). Connections = 2 x ProcessorMaxConcurrency.
+MAX_CONNECTIONS = 2
+
+
+def get_engine(settings: Settings, pool_size: int = MAX_CONNECTIONS) -> Engine:
+    """One engine per URL and process, reused across warm invocations. No pre-ping: a
+    Lambda's connection is seldom idle long enough to die, and a ping is a round trip per
+    checkout; pool_recycle retires idle ones before proxies and NATs drop them."""
     url = database_url(settings)
     key = url.render_as_string(hide_password=False)
     with _lock:
@@ -57,13 +65,19 @@ def get_engine(settings: Settings, pool_size: int = 10) -> Engine:
             engine = create_engine(
                 url,
                 pool_size=pool_size,
-                max_overflow=2,
-                pool_pre_ping=True,
+                max_overflow=0,
                 pool_recycle=300,
                 connect_args={"timeout": 10},
             )
+            event.listen(engine, "do_connect", _one_trip_connection)
             _engines[key] = engine
         return engine
+
+
+def _one_trip_connection(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+    from promptrun.db import pg8000_fast
+
+    return pg8000_fast.connect(*cargs, **cparams)
 
 
 def dispose_engines() -> None:

@@ -30,7 +30,7 @@ _POSITIONAL = ("numeric", "qmark", "format")
 
 @lru_cache(maxsize=512)
 def _converted(style: str, query: str) -> str:
-    return convert_paramstyle(style, query, ())[0]  # type: ignore[no-any-return]
+    return convert_paramstyle(style, query, ())[0]
 
 
 def cached_convert_paramstyle(style: str, query: str, args: Any) -> tuple[str, Any]:
@@ -38,10 +38,10 @@ def cached_convert_paramstyle(style: str, query: str, args: Any) -> tuple[str, A
     where the values pass through unchanged."""
     if style in _POSITIONAL:
         return _converted(style, query), args
-    return convert_paramstyle(style, query, args)  # type: ignore[no-any-return]
+    return convert_paramstyle(style, query, args)
 
 
-class Connection(pg8000.legacy.Connection):  # type: ignore[misc]
+class Connection(pg8000.legacy.Connection):
     """pg8000's DB-API connection, one round trip per statement (BEGIN included)."""
 
     _begin_pending = False

@@ -34,7 +34,10 @@ def _int_env(env: dict[str, str], name: str, default: int, low: int, high: int) 
 class Settings:
     database_url: str | None = None
     database_secret_arn: str | None = None
+    database_host: str | None = None  # overrides the URL's or secret's host (RDS Proxy)
+    database_ssl: bool = False  # DATABASE_SSL=require: TLS, verified (RDS Proxy requires it)
     jobs_queue_url: str | None = None
+    fanout_queue_url: str | None = None  # the fan-out's continuation queue (optional)
     api_token: str | None = field(default=None, repr=False)
     api_token_secret_arn: str | None = None
     provider_secrets_arn: str | None = None
@@ -58,11 +61,22 @@ class Settings:
         queue_url = env.get("JOBS_QUEUE_URL") or None
         if queue_url and not queue_url.startswith(("http://", "https://")):
             raise ConfigError(f"JOBS_QUEUE_URL must be an SQS queue URL, got {queue_url!r}")
+        ssl = (env.get("DATABASE_SSL") or "").strip().lower()
+        if ssl not in ("", "require", "disable"):
+            raise ConfigError(f"DATABASE_SSL must be 'require' or 'disable', got {ssl!r}")
+        fanout_queue_url = env.get("FANOUT_QUEUE_URL") or None
+        if fanout_queue_url and not fanout_queue_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"FANOUT_QUEUE_URL must be an SQS queue URL, got {fanout_queue_url!r}"
+            )
         keys = {p: env[v] for p, v in PROVIDER_KEY_VARS.items() if env.get(v)}
         return cls(
             database_url=database_url,
             database_secret_arn=env.get("DATABASE_SECRET_ARN") or None,
+            database_host=env.get("DATABASE_HOST") or None,
+            database_ssl=ssl == "require",
             jobs_queue_url=queue_url,
+            fanout_queue_url=fanout_queue_url,
             api_token=env.get("API_TOKEN") or None,
             api_token_secret_arn=env.get("API_TOKEN_SECRET_ARN") or None,
             provider_secrets_arn=env.get("PROVIDER_SECRETS_ARN") or None,

@@ -70,7 +70,12 @@ def test_errors_leave_the_connection_usable(fast: Engine) -> None:
             conn.execute(text("INSERT INTO u VALUES (:k)"), {"k": key})
         conn.rollback()
         assert conn.execute(text("SELECT count(*) FROM u")).scalar() == 0
-        assert conn.execute(text("SELECT CAST(:a AS int) + CAST(:b AS int)"), {"a": 2, "b": 3}).scalar() == 5
+        assert (
+            conn.execute(
+                text("SELECT CAST(:a AS int) + CAST(:b AS int)"), {"a": 2, "b": 3}
+            ).scalar()
+            == 5
+        )
 
 
 def test_paramstyle_conversion_is_remembered_and_right() -> None:

@@ -34,6 +34,12 @@ def url_from_secret(secret: dict[str, object]) -> URL:
 
 
 def database_url(settings: Settings) -> URL:
+    url = _configured_url(settings)
+    # RDS Proxy: same credentials and database, the proxy's endpoint.
+    return url.set(host=settings.database_host) if settings.database_host else url
+
+
+def _configured_url(settings: Settings) -> URL:
     if settings.database_url:
         try:
             return make_url(settings.database_url)
@@ -67,11 +73,19 @@ def get_engine(settings: Settings, pool_size: int = MAX_CONNECTIONS) -> Engine:
                 pool_size=pool_size,
                 max_overflow=0,
                 pool_recycle=300,
-                connect_args={"timeout": 10},
+                connect_args={"timeout": 10, **_tls(settings)},
             )
             event.listen(engine, "do_connect", _one_trip_connection)
             _engines[key] = engine
         return engine
+
+
+def _tls(settings: Settings) -> dict[str, Any]:
+    if not settings.database_ssl:
+        return {}
+    import ssl
+
+    return {"ssl_context": ssl.create_default_context()}
 
 
 def _one_trip_connection(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:

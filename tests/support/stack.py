@@ -28,10 +28,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _running_port(root: Path) -> int | None:
+    """The port of this checkout's server when its postmaster is alive."""
+    pid_file = root / "data" / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        os.kill(int(lines[0]), 0)
+        return int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def start_postgres() -> postgres.LocalPostgres:
     root = Path(os.environ.get("PROMPTRUN_PG_ROOT", REPO / ".local" / "pg"))
     if "PROMPTRUN_PG_PORT" in os.environ:
         return postgres.ensure_running(root, int(os.environ["PROMPTRUN_PG_PORT"]))
+    running = _running_port(root)
+    if running is not None:  # this checkout's server is up: whichever port it took
+        return postgres.ensure_running(root, running)
     port = 54329
     if not postgres.port_owner_is(root, port):
         # Another checkout's server holds the usual port: this checkout takes one of its own,

@@ -8,7 +8,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine, select
 
@@ -95,6 +94,8 @@ def _where(data: Any, loc: tuple[int | str, ...]) -> str:
 
 
 def load_catalog(text: str, source: str = "catalogue") -> CatalogFile:
+    import yaml  # here, not at the top: the status function imports this module for SLUG_PATTERN
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -83,8 +83,16 @@ test: venv sam-cli ## everything: lint, sam validate/build, unit, integration an
 	scripts/container_engine.sh > $(LOCAL)/engine.env
 	source $(LOCAL)/engine.env && SAM=$(abspath $(SAM)) $(VENV)/bin/pytest -q -m sam tests/sam
 
+BENCH_VENV := .venv-bench
+
+# The baseline's own environment (Procrastinate + psycopg): never the layer's nor the project's.
+$(BENCH_VENV)/.installed: tests/bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON313) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -r tests/bench/requirements.txt
+	touch $@
+
 .PHONY: bench
-bench: venv ## benchmarks that print figures
+bench: venv $(BENCH_VENV)/.installed ## every scale figure beside its goal (1M-row data set cached after the first run)
 	$(VENV)/bin/python -m tests.bench.run
 
 .PHONY: clean

@@ -42,7 +42,7 @@ _BUILD = [
     FROM generate_series(0, {BATCHES - 1}) b
     CROSS JOIN LATERAL (SELECT timestamptz '2026-08-01' + b * interval '1 day' AS day) d
     CROSS JOIN prompts p CROSS JOIN models m
-    CROSS JOIN LATERAL (SELECT abs(hashint4(p.id * 7919 + m.id * 104729 + b)) % 100 AS h) x
+    CROSS JOIN LATERAL (SELECT abs(hashint4((p.id * 7919 + m.id * 104729 + b)::int)) % 100 AS h) x
     """,
     # 4 or 5 mentions per succeeded job, from 2,000 names (a few spellings each).
     """
@@ -53,7 +53,7 @@ _BUILD = [
         ELSE 'brand' END, k
     FROM prompt_jobs j
     CROSS JOIN LATERAL generate_series(1, 4 + j.prompt_id % 2) k
-    CROSS JOIN LATERAL (SELECT (abs(hashint4(j.prompt_id * 31 + j.model_id)) + k * 397) % 2000
+    CROSS JOIN LATERAL (SELECT (abs(hashint4((j.prompt_id * 31 + j.model_id)::int)) + k * 397) % 2000
         AS e) n
     WHERE j.status = 'succeeded'
     """,

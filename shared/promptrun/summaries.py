@@ -89,6 +89,16 @@ _ERRORS = _live("job_error_counts", "batch_key, error_key, error_kind, error_mes
 _ENTITY_COUNTS = _live(
     "entity_counts", "batch_key, model_id, name, display_name, entity_type, mentions, rank_sum"
 )
+_ENTITY_BATCH_TOTALS = _live(
+    "entity_batch_totals",
+    "batch_key, name, display_name, entity_type, mentions, rank_sum",
+    pending="entity_counts_pending",
+)
+_ENTITY_MODEL_TOTALS = _live(
+    "entity_model_totals",
+    "model_id, name, display_name, entity_type, mentions, rank_sum",
+    pending="entity_counts_pending",
+)
 _ENTITY_TOTALS = _live(
     "entity_totals",
     "name, display_name, entity_type, mentions, rank_sum",
@@ -326,9 +336,9 @@ _ENTITY_SOURCES = {
     (False, False): "SELECT name, display_name, entity_type, sum(mentions) AS m, "
     f"sum(rank_sum) AS rs FROM {_ENTITY_TOTALS} e GROUP BY 1, 2, 3",
     (True, False): "SELECT name, display_name, entity_type, sum(mentions) AS m, "
-    f"sum(rank_sum) AS rs FROM {_ENTITY_COUNTS} e WHERE batch_key = :b GROUP BY 1, 2, 3",
+    f"sum(rank_sum) AS rs FROM {_ENTITY_BATCH_TOTALS} e WHERE batch_key = :b GROUP BY 1, 2, 3",
     (False, True): "SELECT name, display_name, entity_type, sum(mentions) AS m, "
-    f"sum(rank_sum) AS rs FROM {_ENTITY_COUNTS} e WHERE model_id = :m GROUP BY 1, 2, 3",
+    f"sum(rank_sum) AS rs FROM {_ENTITY_MODEL_TOTALS} e WHERE model_id = :m GROUP BY 1, 2, 3",
     (True, True): "SELECT name, display_name, entity_type, sum(mentions) AS m, "
     f"sum(rank_sum) AS rs FROM {_ENTITY_COUNTS} e WHERE batch_key = :b AND model_id = :m "
     "GROUP BY 1, 2, 3",

@@ -52,6 +52,18 @@ CHECKS: dict[str, tuple[str, str]] = {
         "SELECT batch_key, model_id, name, display_name, entity_type, count(*), sum(rank) "
         "FROM entity_mentions GROUP BY 1, 2, 3, 4, 5",
     ),
+    "entity_batch_totals": (
+        _kept("entity_batch_totals", "batch_key, name, display_name, entity_type",
+              "mentions, rank_sum", pending="entity_counts_pending"),
+        "SELECT batch_key, name, display_name, entity_type, count(*), sum(rank) "
+        "FROM entity_mentions GROUP BY 1, 2, 3, 4",
+    ),
+    "entity_model_totals": (
+        _kept("entity_model_totals", "model_id, name, display_name, entity_type",
+              "mentions, rank_sum", pending="entity_counts_pending"),
+        "SELECT model_id, name, display_name, entity_type, count(*), sum(rank) "
+        "FROM entity_mentions GROUP BY 1, 2, 3, 4",
+    ),
     "entity_totals": (
         _kept("entity_totals", "name, display_name, entity_type", "mentions, rank_sum",
               pending="entity_counts_pending"),

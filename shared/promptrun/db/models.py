@@ -285,9 +285,34 @@ class EntityCountRow(Base):
     """Mentions and the sum of their ranks per (batch, model, name, spelling, type)."""
 
     __tablename__ = "entity_counts"
-    __table_args__ = (Index("ix_entity_counts_model_id", "model_id"),)
 
     batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mentions: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rank_sum: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class EntityBatchTotal(Base):
+    """The same per batch, over all models: GET /entities?batch_key=."""
+
+    __tablename__ = "entity_batch_totals"
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mentions: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rank_sum: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class EntityModelTotal(Base):
+    """The same per model, over all batches: GET /entities?model=."""
+
+    __tablename__ = "entity_model_totals"
+
     model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     name: Mapped[str] = mapped_column(String(300), primary_key=True)
     display_name: Mapped[str] = mapped_column(String(300), primary_key=True)

@@ -102,6 +102,21 @@ BEGIN
         ON CONFLICT (batch_key, model_id, name, display_name, entity_type) DO UPDATE SET
             mentions = t.mentions + excluded.mentions, rank_sum = t.rank_sum + excluded.rank_sum
     )
+    , per_batch_total AS (
+        INSERT INTO entity_batch_totals AS t (batch_key, name, display_name, entity_type,
+            mentions, rank_sum)
+        SELECT batch_key, name, display_name, entity_type, sum(mentions), sum(rank_sum)
+        FROM d GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        ON CONFLICT (batch_key, name, display_name, entity_type) DO UPDATE SET
+            mentions = t.mentions + excluded.mentions, rank_sum = t.rank_sum + excluded.rank_sum
+    ), per_model_total AS (
+        INSERT INTO entity_model_totals AS t (model_id, name, display_name, entity_type,
+            mentions, rank_sum)
+        SELECT model_id, name, display_name, entity_type, sum(mentions), sum(rank_sum)
+        FROM d GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        ON CONFLICT (model_id, name, display_name, entity_type) DO UPDATE SET
+            mentions = t.mentions + excluded.mentions, rank_sum = t.rank_sum + excluded.rank_sum
+    )
     INSERT INTO entity_totals AS t (name, display_name, entity_type, mentions, rank_sum)
     SELECT name, display_name, entity_type, sum(mentions), sum(rank_sum)
     FROM d GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
@@ -308,7 +323,23 @@ def upgrade() -> None:
             name=op.f("pk_entity_counts"),
         ),
     )
-    op.create_index("ix_entity_counts_model_id", "entity_counts", ["model_id"])
+    # The same over all batches per model, over all models per batch: each filter reads
+    # about one row per entity name.
+    for table, key in (("entity_batch_totals", "batch_key"), ("entity_model_totals", "model_id")):
+        op.create_table(
+            table,
+            sa.Column(
+                key, sa.String(64) if key == "batch_key" else sa.BigInteger(), nullable=False
+            ),
+            sa.Column("name", sa.String(300), nullable=False),
+            sa.Column("display_name", sa.String(300), nullable=False),
+            sa.Column("entity_type", sa.String(32), nullable=False),
+            sa.Column("mentions", sa.BigInteger(), nullable=False),
+            sa.Column("rank_sum", sa.BigInteger(), nullable=False),
+            sa.PrimaryKeyConstraint(
+                key, "name", "display_name", "entity_type", name=op.f(f"pk_{table}")
+            ),
+        )
     op.create_table(
         "entity_totals",
         sa.Column("name", sa.String(300), nullable=False),
@@ -358,6 +389,8 @@ def downgrade() -> None:
         "summary_compaction",
         *(f"{t}_pending" for t in PENDING),
         "entity_totals",
+        "entity_batch_totals",
+        "entity_model_totals",
         "entity_counts",
         "job_error_counts",
         "job_duration_buckets",

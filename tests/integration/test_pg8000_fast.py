@@ -88,3 +88,19 @@ def test_paramstyle_conversion_is_remembered_and_right() -> None:
         "SELECT $1, $2",
         (1, 2),
     )
+
+
+def test_an_empty_transaction_leaves_nothing_for_an_autocommit_statement(fast: Engine) -> None:
+    with fast.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert isinstance(raw, pg8000_fast.Connection)
+        raw.execute_simple("begin transaction")  # held back, as for a statement that then failed
+        assert raw._begin_pending
+        raw.rollback()
+        assert not raw._begin_pending
+    with fast.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        conn.commit()
+        auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+        # VACUUM refuses to run inside a transaction block: none was opened behind its back.
+        auto.execute(text("VACUUM pg_class"))

@@ -81,6 +81,17 @@ class Connection(pg8000.legacy.Connection):
         self._finish(begin, context)
         return context
 
+    def commit(self) -> None:
+        if self._begin_pending:  # nothing ran: there is nothing to commit
+            self._begin_pending = False
+            return
+        super().commit()
+
+    def rollback(self) -> None:
+        # An empty transaction leaves no BEGIN behind for a later autocommit statement.
+        self._begin_pending = False
+        super().rollback()
+
     def _send_pending_begin(self) -> Context | None:
         if not self._begin_pending:
             return None

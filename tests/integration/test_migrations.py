@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from promptrun.db import migrate
 from promptrun.db.models import Base
@@ -37,18 +38,16 @@ def test_unique_key_and_indexes_exist(engine: Engine) -> None:
     assert not {("prompt_id",), ("scheduled_for",), ("status",)} & indexed
 
 
-def test_downgrade_and_upgrade_again_keep_the_summaries(engine: Engine) -> None:
-    from sqlalchemy import text
-
-    from promptrun.db import migrate as m
-
-    cfg = m.alembic_config(engine)
+def test_0005_downgrades_to_0002_and_upgrades_again(engine: Engine) -> None:
+    cfg = migrate.alembic_config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        from alembic import command
-
         command.downgrade(cfg, "0002")
-    assert not inspect(engine).has_table("job_counts")
+    insp = inspect(engine)
+    assert not insp.has_table("job_counts") and not insp.has_table("job_counts_pending")
+    assert ("prompt_id",) in {tuple(i["column_names"]) for i in insp.get_indexes("prompt_jobs")}
     migrate.upgrade(engine)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM job_counts")).scalar_one() == 0
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+        assert conn.execute(text("SELECT count(*) FROM summary_compaction")).scalar_one() == 1

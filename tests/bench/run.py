@@ -151,6 +151,13 @@ def _requeue(engine: Engine) -> list[str]:
         ]
 
 
+def _handle(runner: JobRunner, body: str) -> Any:
+    try:
+        return runner.handle(body, None)
+    except Exception as exc:
+        return exc
+
+
 def processor(pg: Any, template: str) -> dict[int, float]:
     print("processor path: JobRunner.handle, offline model with zero latency, 2 connections")
     db = stack.create_test_database(pg, template)
@@ -177,8 +184,11 @@ def processor(pg: Any, template: str) -> dict[int, float]:
                 before = next(trips)
                 started = time.perf_counter()
                 with ThreadPoolExecutor(threads) as pool:
-                    list(pool.map(lambda b: runner.handle(b, None), bodies))
+                    outcomes = list(pool.map(lambda b: _handle(runner, b), bodies))
                 seconds = time.perf_counter() - started
+                errors = [o for o in outcomes if isinstance(o, Exception)]
+                if errors:  # e.g. a pool checkout that waited past its timeout
+                    print(f"      {len(errors)} records failed: {errors[0]!r:.120}")
                 per_job = (next(trips) - before - 1) / len(bodies)
                 pg8000_fast._flush = flush  # type: ignore[assignment]
                 samples.append((len(bodies) / seconds, per_job, seconds * 1000 / len(bodies)))

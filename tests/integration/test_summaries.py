@@ -227,23 +227,6 @@ def test_status_reads_follow_the_summaries(engine: Engine) -> None:
     assert summaries.batch_summary(engine, "2026-11-23") is None
 
 
-@pytest.mark.parametrize(
-    ("values", "p", "expected"),
-    [
-        ([100, 200, 300, 400, 1000], 0.5, 300),
-        ([100, 200, 300, 400, 1000], 0.95, 880),
-        ([7], 0.95, 7),
-        ([], 0.5, None),
-        ([1, 1, 1, 3], 0.5, 1),
-    ],
-)
-def test_percentile_matches_percentile_cont(values: list[int], p: float, expected: float) -> None:
-    histogram = [(float(v), values.count(v)) for v in set(values)]
-    assert summaries.percentile(histogram, p) == (
-        None if expected is None else pytest.approx(expected)
-    )
-
-
 def test_backfill_counts_rows_that_existed_before_the_migration(engine: Engine) -> None:
     from alembic import command
 
@@ -261,3 +244,26 @@ def test_backfill_counts_rows_that_existed_before_the_migration(engine: Engine) 
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM job_counts")).scalar_one() > 0
         assert differences(conn) == {}
+
+
+def test_percentiles_from_the_histogram_match_percentile_cont(engine: Engine) -> None:
+    sync(engine, CATALOG)
+    fan_out(engine, 13)
+    durations = [5, 999, 1000, 1500, 2500, 40_000, 40_000, 900_000]
+    with engine.begin() as conn:
+        ids = job_ids(conn, "batch_key = '2026-11-22T13'")[: len(durations)]
+        conn.execute(text(CLAIM), {"ids": ids})
+        conn.execute(
+            text(SUCCEED), [{"id": i, "ms": ms} for i, ms in zip(ids, durations, strict=True)]
+        )
+        exact = conn.execute(
+            text(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), "
+                "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FROM prompt_jobs "
+                "WHERE batch_key = '2026-11-22T13' AND duration_ms IS NOT NULL"
+            )
+        ).one()
+    summary = summaries.batch_summary(engine, "2026-11-22T13")
+    assert summary is not None
+    assert summary.p50_duration_ms == pytest.approx(exact[0], rel=0.01)
+    assert summary.p95_duration_ms == pytest.approx(exact[1], rel=0.01)

@@ -96,8 +96,16 @@ test-unit: venv ## unit and integration tests only (no containers): the inner lo
 test: venv sam-cli ## everything: lint, sam validate/build, engine + network check, unit, integration, the dashboard in Chromium, SAM container tests
 	VENV=$(VENV) SAM=$(abspath $(SAM)) scripts/test.sh
 
+BENCH_VENV := .venv-bench
+
+# The baseline's own environment (Procrastinate + psycopg): never the layer's nor the project's.
+$(BENCH_VENV)/.installed: tests/bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON313) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -r tests/bench/requirements.txt
+	touch $@
+
 .PHONY: bench
-bench: venv ## benchmarks that print figures
+bench: venv $(BENCH_VENV)/.installed ## every scale figure beside its goal (1M-row data set cached after the first run)
 	$(VENV)/bin/python -m tests.bench.run
 	$(VENV)/bin/python -m tests.bench.flow
 	$(VENV)/bin/python -m tests.bench.visibility

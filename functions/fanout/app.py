@@ -5,7 +5,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from promptrun import batch_completion
-from promptrun.aws import JobQueue
+from promptrun.aws import ContinuationQueue, JobQueue
 from promptrun.db.engine import get_engine
 from promptrun.fanout import parse_event, run_fanout
 from promptrun.observability import logger, metrics, tracer
@@ -21,4 +21,8 @@ settings = get_settings().require("database", "queue")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse_event(event)
     queue = JobQueue(settings.jobs_queue_url or "")
-    return run_fanout(get_engine(settings, pool_size=2), queue, request, settings).as_dict()
+    more = ContinuationQueue(settings.fanout_queue_url) if settings.fanout_queue_url else None
+    engine = get_engine(settings, pool_size=1)
+    return run_fanout(
+        engine, queue, request, settings, context.get_remaining_time_in_millis, more
+    ).as_dict()

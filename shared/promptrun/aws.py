@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
 from promptrun.errors import ConfigError
 from promptrun.observability import logger
 
@@ -28,6 +25,10 @@ SEND_THREADS = 8
 
 @cache
 def client(service: str) -> Any:
+    # boto3 costs 0.1-0.2 s to import: paid on first use, not at every cold start.
+    import boto3
+    from botocore.config import Config
+
     # boto3's default session is not thread-safe to create clients from; guard it once.
     with _client_lock:
         return boto3.client(service, config=Config(retries={"mode": "standard", "max_attempts": 4}))
@@ -134,3 +135,28 @@ class JobQueue:
             MessageBody=json.dumps(body),
             DelaySeconds=max(0, min(MAX_DELAY_SECONDS, int(delay_seconds))),
         )
+
+
+class ContinuationQueue:
+    """The fan-out's own queue: a message on it invokes the fan-out again to send what an
+    invocation had no time left for (the SQS event source of FanoutFunction)."""
+
+    def __init__(self, queue_url: str, sqs: Any | None = None) -> None:
+        self.queue_url = queue_url
+        self.sqs = sqs or client("sqs")
+
+    def continue_sending(self) -> None:
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(CONTINUE_BODY))
+
+
+CONTINUE_BODY = {"continue": "send"}
+
+
+def is_continuation(event: dict[str, Any]) -> bool:
+    """An SQS event from the continuation queue (and nothing else)."""
+    records = event.get("Records")
+    return (
+        isinstance(records, list)
+        and bool(records)
+        and all(isinstance(r, dict) and r.get("eventSource") == "aws:sqs" for r in records)
+    )

@@ -8,7 +8,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine, select
 
@@ -126,46 +125,22 @@ def _where(data: Any, loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a mapping naming the same key twice (YAML would keep the last)."""
-
-
-def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _unique_mapping,
-)
-
-
 def _problems_error(source: str, problems: list[str]) -> InputError:
     """One problem a line, under a line naming the file."""
     noun = "problem" if len(problems) == 1 else "problems"
-    return InputError(f"{source}: {len(problems)} {noun}:\n" + "\n".join(f"  {p}" for p in problems))
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    return f"{problem}{where}"
+    return InputError(
+        f"{source}: {len(problems)} {noun}:\n" + "\n".join(f"  {p}" for p in problems)
+    )
 
 
 def load_catalog(text: str, source: str = "catalogue") -> CatalogFile:
+    # Here, not at the top: the status function imports this module, and needs no PyYAML.
+    from promptrun.catalog_yaml import YamlProblem, parse_yaml
+
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+        data = parse_yaml(text)
+    except YamlProblem as exc:
+        raise InputError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping with 'models' and 'prompts'")
     try:
@@ -211,7 +186,9 @@ def _check_params_and_limits(catalog: CatalogFile) -> list[str]:
             )
         if prompt.enabled:
             models = enabled_models if prompt.models == "all" else len(prompt.models)
-            per_schedule[prompt.schedule] = per_schedule.get(prompt.schedule, 0) + models * prompt.runs
+            per_schedule[prompt.schedule] = (
+                per_schedule.get(prompt.schedule, 0) + models * prompt.runs
+            )
     for schedule, jobs in sorted(per_schedule.items()):
         if jobs > MAX_JOBS_PER_BATCH:
             problems.append(

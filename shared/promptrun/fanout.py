@@ -7,27 +7,30 @@ between insert and send loses nothing.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import Engine, bindparam, select, text, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from promptrun.aws import JobQueue
+from promptrun.aws import ContinuationQueue, JobQueue, is_continuation
 from promptrun.db.engine import session_scope
-from promptrun.db.models import Model, Prompt, PromptJob, PromptVersion
+from promptrun.db.models import Model, Prompt, PromptVersion
 from promptrun.errors import InputError
 from promptrun.observability import logger, metrics
 from promptrun.schedule import batch_key, period_start, validate_batch_key
 from promptrun.settings import Settings
 
-INSERT_CHUNK = 1000
-SEND_LIMIT = 20000
+# Rows locked, sent and marked per transaction; the invocation stops sending RESERVE_MS
+# (plus twice its slowest chunk) before its timeout and hands the rest on.
+SEND_CHUNK = 2000
+RESERVE_MS = 15_000
 
 
 class ScheduledEvent(BaseModel):
@@ -61,12 +64,15 @@ class FanoutRequest:
     prompts: list[str] | None = None
     models: list[str] | None = None
     include_disabled: bool = False
+    continuation: bool = False  # only send what is pending: an earlier run ran out of time
 
 
 def parse_event(event: Any, now: datetime | None = None) -> FanoutRequest:
     """A scheduled event (its `time` sets the period) or a manual event."""
     if not isinstance(event, dict):
         raise InputError("fan-out event must be a JSON object")
+    if is_continuation(event):
+        return FanoutRequest(at=now or datetime.now(UTC), continuation=True)
     try:
         if "batch_key" in event:
             manual = ManualEvent.model_validate(event)
@@ -95,6 +101,7 @@ class FanoutResult:
     sent: int = 0
     send_failed: int = 0
     rescued: int = 0
+    continued: bool = False
     batches: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +111,7 @@ class FanoutResult:
             "sent": self.sent,
             "send_failed": self.send_failed,
             "rescued": self.rescued,
+            "continued": self.continued,
             "batches": self.batches,
         }
 
@@ -139,6 +147,34 @@ def store_versions(session: Any, prompts: list[Any]) -> None:
         )
 
 
+# One statement per batch: the database builds prompt x model x run itself, so the
+# rows never travel, and a re-run finds every row taken by the unique key.
+_INSERT_BATCH = text(
+    """
+    WITH wanted AS (
+        SELECT p.id AS prompt_id, p.version, m.id AS model_id, r.run_index
+        FROM prompts p
+        JOIN models m ON m.id = ANY(:model_ids)
+            AND (p.model_slugs IS NULL OR jsonb_typeof(p.model_slugs) = 'null'
+                 OR p.model_slugs @> to_jsonb(m.slug))
+        CROSS JOIN LATERAL generate_series(0, p.runs_per_batch - 1) AS r(run_index)
+        WHERE p.id = ANY(:prompt_ids)
+    ), inserted AS (
+        INSERT INTO prompt_jobs (id, prompt_id, model_id, run_index, batch_key, prompt_version,
+            status, attempt_count, max_attempts, scheduled_for)
+        SELECT gen_random_uuid(), prompt_id, model_id, run_index, :batch_key, version,
+            'queued', 0, :max_attempts, :scheduled_for
+        FROM wanted
+        ON CONFLICT ON CONSTRAINT uq_prompt_jobs_run DO NOTHING
+        RETURNING prompt_id
+    )
+    SELECT (SELECT count(*) FROM wanted) AS planned,
+           (SELECT count(*) FROM inserted) AS created,
+           (SELECT array_agg(DISTINCT prompt_id) FROM inserted) AS prompt_ids
+    """
+)
+
+
 def create_jobs(engine: Engine, request: FanoutRequest, settings: Settings) -> FanoutResult:
     """Insert the batch's job rows; rows that exist already are left as they are."""
     result = FanoutResult()
@@ -146,47 +182,30 @@ def create_jobs(engine: Engine, request: FanoutRequest, settings: Settings) -> F
         prompts = _select(session, Prompt, request.prompts, "prompts", request.include_disabled)
         models = _select(session, Model, request.models, "models")
         store_versions(session, prompts)
-        rows: list[dict[str, Any]] = []
+        groups: dict[tuple[str, datetime], list[int]] = {}
         for prompt in prompts:
             key = request.batch_key or batch_key(prompt.schedule, request.at)
-            result.batches.setdefault(key, {"created": 0, "existing": 0})
-            wanted = [
-                m for m in models if prompt.model_slugs is None or m.slug in prompt.model_slugs
-            ]
-            for model in wanted:
-                for run_index in range(prompt.runs_per_batch):
-                    rows.append(
-                        {
-                            "id": uuid.uuid4(),
-                            "prompt_id": prompt.id,
-                            "model_id": model.id,
-                            "run_index": run_index,
-                            "batch_key": key,
-                            "prompt_version": prompt.version,
-                            "status": "queued",
-                            "attempt_count": 0,
-                            "max_attempts": settings.max_attempts,
-                            "scheduled_for": period_start(prompt.schedule, request.at),
-                        }
-                    )
-        created_prompts: set[int] = set()
-        for start in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[start : start + INSERT_CHUNK]
-            stmt = (
-                insert(PromptJob)
-                .values(chunk)
-                .on_conflict_do_nothing(constraint="uq_prompt_jobs_run")
-                .returning(PromptJob.prompt_id, PromptJob.batch_key)
+            groups.setdefault((key, period_start(prompt.schedule, request.at)), []).append(
+                prompt.id
             )
-            inserted = session.execute(stmt).all()
-            for prompt_id, key in inserted:
-                result.batches[key]["created"] += 1
-                created_prompts.add(prompt_id)
-            result.created += len(inserted)
-        result.existing = len(rows) - result.created
-        planned_per_batch = Counter(r["batch_key"] for r in rows)
-        for key, counts in result.batches.items():
-            counts["existing"] = planned_per_batch[key] - counts["created"]
+        created_prompts: set[int] = set()
+        for (key, scheduled_for), prompt_ids in groups.items():
+            row = session.execute(
+                _INSERT_BATCH,
+                {
+                    "prompt_ids": prompt_ids,
+                    "model_ids": [m.id for m in models],
+                    "batch_key": key,
+                    "max_attempts": settings.max_attempts,
+                    "scheduled_for": scheduled_for,
+                },
+            ).one()
+            counts = result.batches.setdefault(key, {"created": 0, "existing": 0})
+            counts["created"] += row.created
+            counts["existing"] += row.planned - row.created
+            result.created += row.created
+            result.existing += row.planned - row.created
+            created_prompts.update(row.prompt_ids or ())
         if created_prompts:
             session.execute(
                 update(Prompt).where(Prompt.id.in_(created_prompts)).values(last_run_at=request.at)
@@ -194,44 +213,70 @@ def create_jobs(engine: Engine, request: FanoutRequest, settings: Settings) -> F
     return result
 
 
-_PENDING = text(
+# Rows with no message in flight, oldest first, locked so that two fan-outs (a schedule and a
+# continuation) never send the same row: new rows through their partial index, then lost
+# messages (queued, sent long ago, due) and expired leases through the live-rows index.
+_UNSENT = text(
     """
-    SELECT id, (status = 'processing') AS rescued FROM prompt_jobs
-    WHERE (status = 'queued' AND enqueued_at IS NULL)
-       OR (status = 'queued' AND enqueued_at < now() - make_interval(secs => :stale)
-           AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-       OR (status = 'processing' AND lease_expires_at < now()
-           AND (enqueued_at IS NULL OR enqueued_at < lease_expires_at))
-    ORDER BY created_at, id
-    LIMIT :limit
+    SELECT id, false AS rescued FROM prompt_jobs
+    WHERE status = 'queued' AND enqueued_at IS NULL AND id <> ALL(:skip)
+    ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED
     """
 )
+_LOST = text(
+    """
+    SELECT id, (status = 'processing') AS rescued FROM prompt_jobs
+    WHERE status IN ('queued', 'processing') AND id <> ALL(:skip) AND (
+        (status = 'queued' AND enqueued_at < now() - make_interval(secs => :stale)
+         AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+     OR (status = 'processing' AND lease_expires_at < now()
+         AND (enqueued_at IS NULL OR enqueued_at < lease_expires_at)))
+    ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    """
+)
+_MARK_SENT = text("UPDATE prompt_jobs SET enqueued_at = now() WHERE id = ANY(:ids)")
 
 
-def send_pending(engine: Engine, queue: JobQueue, settings: Settings) -> tuple[int, int, int]:
-    """Send every job that has no message in flight: new rows, rows a crash left unsent,
-    rows whose message was lost (dead-lettered) and expired leases. Returns (sent, failed, rescued)."""
-    sent = failed = rescued = 0
-    with engine.connect() as conn:
-        pending = conn.execute(
-            _PENDING, {"stale": settings.requeue_after_seconds, "limit": SEND_LIMIT}
-        ).all()
-    ids = [str(row.id) for row in pending]
-    rescued_ids = {str(row.id) for row in pending if row.rescued}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        outcome = queue.send_jobs(chunk)
-        if outcome.sent:
-            with engine.begin() as conn:
-                conn.execute(
-                    text("UPDATE prompt_jobs SET enqueued_at = now() WHERE id IN :ids").bindparams(
-                        bindparam("ids", expanding=True)
-                    ),
-                    {"ids": [uuid.UUID(i) for i in outcome.sent]},
-                )
-        sent += len(outcome.sent)
-        rescued += len(rescued_ids.intersection(outcome.sent))
-        failed += len(outcome.failed)
+@dataclass
+class SendProgress:
+    sent: int = 0
+    failed: int = 0
+    rescued: int = 0
+    more: bool = False  # rows were left for a continuation
+
+
+def send_until(
+    engine: Engine,
+    queue: JobQueue,
+    settings: Settings,
+    remaining_ms: Callable[[], int] | None = None,
+) -> SendProgress:
+    """Send every job that has no message in flight, SEND_CHUNK rows per transaction, while
+    the invocation has more than RESERVE_MS left; `more` says rows were left over."""
+    progress = SendProgress()
+    skip: list[uuid.UUID] = []  # rows SQS refused this run: the next run tries them again
+    slowest_ms = 0.0
+    while True:
+        if remaining_ms is not None and remaining_ms() < RESERVE_MS + 2 * slowest_ms:
+            progress.more = True
+            break
+        started = time.monotonic()
+        with engine.begin() as conn:
+            params = {"skip": skip, "limit": SEND_CHUNK, "stale": settings.requeue_after_seconds}
+            rows = list(conn.execute(_UNSENT, params).all())
+            if len(rows) < SEND_CHUNK:
+                rows += conn.execute(_LOST, {**params, "limit": SEND_CHUNK - len(rows)}).all()
+            if not rows:
+                break
+            outcome = queue.send_jobs(str(r.id) for r in rows)
+            if outcome.sent:
+                conn.execute(_MARK_SENT, {"ids": [uuid.UUID(i) for i in outcome.sent]})
+        rescued = {str(r.id) for r in rows if r.rescued}
+        progress.sent += len(outcome.sent)
+        progress.rescued += len(rescued.intersection(outcome.sent))
+        progress.failed += len(outcome.failed)
+        skip.extend(uuid.UUID(i) for i in outcome.failed)
+        slowest_ms = max(slowest_ms, (time.monotonic() - started) * 1000)
         if outcome.failed:
             logger.warning(
                 "some jobs were not sent; the next fan-out sends them",
@@ -240,15 +285,39 @@ def send_pending(engine: Engine, queue: JobQueue, settings: Settings) -> tuple[i
                     "codes": sorted(set(outcome.failed.values())),
                 },
             )
-        logger.info("fan-out progress", extra={"sent": sent, "pending": len(ids)})
-    return sent, failed, rescued
+        if not outcome.sent:  # SQS takes nothing now: leave the rest to the next run
+            break
+        logger.info("fan-out progress", extra={"sent": progress.sent})
+    return progress
+
+
+def send_pending(engine: Engine, queue: JobQueue, settings: Settings) -> tuple[int, int, int]:
+    """Send every job that has no message in flight: new rows, rows a crash left unsent,
+    rows whose message was lost (dead-lettered) and expired leases. Returns (sent, failed, rescued)."""
+    progress = send_until(engine, queue, settings)
+    return progress.sent, progress.failed, progress.rescued
 
 
 def run_fanout(
-    engine: Engine, queue: JobQueue, request: FanoutRequest, settings: Settings
+    engine: Engine,
+    queue: JobQueue,
+    request: FanoutRequest,
+    settings: Settings,
+    remaining_ms: Callable[[], int] | None = None,
+    continuation: ContinuationQueue | None = None,
 ) -> FanoutResult:
-    result = create_jobs(engine, request, settings)
-    result.sent, result.send_failed, result.rescued = send_pending(engine, queue, settings)
+    """Create the batch's rows (not for a continuation), then send while time allows; what
+    is left goes to the continuation queue, which invokes the fan-out again at once."""
+    result = FanoutResult() if request.continuation else create_jobs(engine, request, settings)
+    progress = send_until(engine, queue, settings, remaining_ms)
+    result.sent, result.send_failed, result.rescued = (
+        progress.sent,
+        progress.failed,
+        progress.rescued,
+    )
+    if progress.more and progress.sent and continuation is not None:
+        continuation.continue_sending()
+        result.continued = True
     logger.info("fan-out done", extra={"result": result.as_dict()})
     metrics.add_metric(name="JobsCreated", unit=MetricUnit.Count, value=result.created)
     metrics.add_metric(name="JobsSent", unit=MetricUnit.Count, value=result.sent)

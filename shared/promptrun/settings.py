@@ -34,8 +34,10 @@ def _int_env(env: dict[str, str], name: str, default: int, low: int, high: int) 
 class Settings:
     database_url: str | None = None
     database_secret_arn: str | None = None
+    database_host: str | None = None  # overrides the URL's or secret's host (RDS Proxy)
     jobs_queue_url: str | None = None
     jobs_dlq_url: str | None = None
+    fanout_queue_url: str | None = None  # the fan-out's continuation queue (optional)
     api_token: str | None = field(default=None, repr=False)
     api_token_secret_arn: str | None = None
     provider_secrets_arn: str | None = None
@@ -63,12 +65,19 @@ class Settings:
         dlq_url = env.get("JOBS_DLQ_URL") or None
         if dlq_url and not dlq_url.startswith(("http://", "https://")):
             raise ConfigError(f"JOBS_DLQ_URL must be an SQS queue URL, got {dlq_url!r}")
+        fanout_queue_url = env.get("FANOUT_QUEUE_URL") or None
+        if fanout_queue_url and not fanout_queue_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"FANOUT_QUEUE_URL must be an SQS queue URL, got {fanout_queue_url!r}"
+            )
         keys = {p: env[v] for p, v in PROVIDER_KEY_VARS.items() if env.get(v)}
         return cls(
             database_url=database_url,
             database_secret_arn=env.get("DATABASE_SECRET_ARN") or None,
+            database_host=env.get("DATABASE_HOST") or None,
             jobs_queue_url=queue_url,
             jobs_dlq_url=dlq_url,
+            fanout_queue_url=fanout_queue_url,
             api_token=env.get("API_TOKEN") or None,
             api_token_secret_arn=env.get("API_TOKEN_SECRET_ARN") or None,
             provider_secrets_arn=env.get("PROVIDER_SECRETS_ARN") or None,

@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from promptrun import aws
 from promptrun.aws import JobQueue
 from promptrun.catalog import load_catalog, sync_catalog
+from promptrun.db.engine import engine_for_url
 from promptrun.fanout import FanoutRequest, run_fanout
 from promptrun.settings import Settings
 from tests.support import stack
@@ -82,7 +83,7 @@ def invocations(log_dir: Path) -> int:
 def run(pg: object, template: str, moto: stack.MotoServer, processes: int) -> None:
     db = stack.create_test_database(pg, template)  # type: ignore[arg-type]
     url = stack.url_for(pg, db)  # type: ignore[arg-type]
-    engine = create_engine(url, pool_size=5)
+    engine = engine_for_url(url, pool_size=5)
     server = FakeOpenAI().start()
     try:
         server.default_delay = LATENCY

@@ -1,40 +1,130 @@
-"""`make bench`: figures for fan-out, processing and claiming, on the real local PostgreSQL and moto.
+"""`make bench`: every figure of the scale targets, each printed beside its goal, on the real
+local PostgreSQL (and moto / a local SQS stand-in). Prints; asserts nothing about speed.
 
-Prints numbers; asserts nothing about speed (timings vary by machine)."""
+Sections: cold start (import + init per handler), the processor path (jobs/s and round trips
+per job at 1, 4 and 16 threads) with Procrastinate's worker on the same server as the
+baseline, the fan-out at 100,000 jobs, and status reads at 1M jobs / ~4M mentions."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import resource
 import statistics
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-import boto3
-from sqlalchemy import text
+from sqlalchemy import Engine, create_engine, text
 
-from promptrun import aws, jobs
+from promptrun import queries
 from promptrun.aws import JobQueue
 from promptrun.catalog import load_catalog, sync_catalog
-from promptrun.db.engine import engine_for_url
-from promptrun.fanout import FanoutRequest, create_jobs, send_pending
-from promptrun.local.lambda_runtime import LocalContext, load_handler
-from promptrun.local.poller import sqs_event
+from promptrun.db import pg8000_fast
+from promptrun.db.engine import dispose_engines, engine_for_url, get_engine
+from promptrun.fanout import FanoutRequest, create_jobs, send_until
 from promptrun.processor import JobRunner
-from promptrun.settings import Settings, get_settings
-from tests.bench import operator_bench
+from promptrun.settings import Settings
+from tests.bench import dataset, operator_bench
+from tests.bench.sqs_standin import SqsStandIn
 from tests.support import stack
-from tests.support.sqs import receive_all
 
-PROMPTS, MODELS, RUNS = 50, 4, 5
+REPO = Path(__file__).resolve().parents[2]
+BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
+THREADS = (1, 4, 16)
+AT = datetime(2026, 11, 22, 13, tzinfo=UTC)
 
 
-def catalog(latency_ms: int = 0) -> str:
+def line(what: str, figure: str, goal: str = "") -> None:
+    print(f"  {what:<52} {figure:>22}   {('goal: ' + goal) if goal else ''}")
+
+
+def timed(fn: Callable[[], Any], repeat: int = 5) -> float:
+    """Median milliseconds of `repeat` calls (after one warm-up)."""
+    fn()
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+# --- cold start ---------------------------------------------------------------------------------
+
+_INIT = {
+    "processor": "app.JobRunner(app.get_engine(app.settings), app.settings, None)",
+    "fanout": "app.get_engine(app.settings, pool_size=1)",
+    "status": "app.app",
+}
+
+
+def cold_start() -> None:
+    print("cold start (fresh process, -X importtime; tracing off as in a function without it)")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_XRAY")},
+        "DATABASE_URL": "postgresql+pg8000://u:p@127.0.0.1:1/x",
+        "JOBS_QUEUE_URL": "http://127.0.0.1:1/000000000000/q",
+        "API_TOKEN": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for name, init in _INIT.items():
+        # CPU time too: on a shared machine the wall clock mostly measures the neighbours.
+        code = (
+            "import time; t, c = time.perf_counter(), time.process_time(); import app; "
+            f"{init}; print(round((time.perf_counter() - t) * 1000), "
+            "round((time.process_time() - c) * 1000))"
+        )
+        totals, cpus, heavy = [], [], ""
+        for _ in range(3):
+            done = subprocess.run(
+                [sys.executable, "-X", "importtime", "-c", code],
+                cwd=REPO / "functions" / name,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            wall, cpu = done.stdout.strip().splitlines()[-1].split()
+            totals.append(int(wall))
+            cpus.append(int(cpu))
+            heavy = _heaviest(done.stderr)
+        goal = "< 300 ms" if name == "processor" else ""
+        line(
+            f"{name}: import + init, wall (CPU), median of 3",
+            f"{statistics.median(totals)} ms ({statistics.median(cpus)} ms)",
+            goal,
+        )
+        print(f"      heaviest top-level imports: {heavy}")
+
+
+def _heaviest(importtime: str) -> str:
+    rows = []
+    for row in importtime.splitlines():
+        parts = row.split("|")
+        if len(parts) == 3 and parts[2].startswith("   ") and not parts[2].startswith("    "):
+            try:
+                rows.append((int(parts[1]), parts[2].strip()))
+            except ValueError:
+                continue
+    rows.sort(reverse=True)
+    return ", ".join(f"{n} {us // 1000} ms" for us, n in rows[:5])
+
+
+# --- processor ------------------------------------------------------------------------------------
+
+PROMPTS, MODELS, RUNS = 100, 4, 5  # 2,000 jobs per run
+
+
+def catalog() -> str:
     models = "\n".join(
-        f"  - {{slug: m{i}, provider: offline, model: m{i}, max_concurrency: 100, params: {{latency_ms: {latency_ms}}}}}"
+        f"  - {{slug: m{i}, provider: offline, model: m{i}, max_concurrency: 1000}}"
         for i in range(MODELS)
     )
     prompts = "\n".join(
@@ -44,111 +134,256 @@ def catalog(latency_ms: int = 0) -> str:
     return f"models:\n{models}\nprompts:\n{prompts}\n"
 
 
+def _requeue(engine: Engine) -> list[str]:
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM entity_mentions"))
+        conn.execute(text("DELETE FROM responses"))
+        conn.execute(
+            text(
+                "UPDATE prompt_jobs SET status = 'queued', attempt_count = 0, started_at = NULL, "
+                "finished_at = NULL, lease_expires_at = NULL, next_attempt_at = NULL, "
+                "duration_ms = NULL, input_tokens = NULL, output_tokens = NULL, cost_usd = NULL"
+            )
+        )
+        return [
+            json.dumps({"job_id": str(r[0])})
+            for r in conn.execute(text("SELECT id FROM prompt_jobs"))
+        ]
+
+
+def _handle(runner: JobRunner, body: str) -> Any:
+    try:
+        return runner.handle(body, None)
+    except Exception as exc:
+        return exc
+
+
+def processor(pg: Any, template: str) -> dict[int, float]:
+    print("processor path: JobRunner.handle, offline model with zero latency, 2 connections")
+    db = stack.create_test_database(pg, template)
+    rates: dict[int, float] = {}
+    try:
+        url = stack.url_for(pg, db)
+        settings = Settings(database_url=url, max_attempts=3, lease_seconds=60)
+        engine = get_engine(settings)  # what a processor instance gets: 2 connections
+        sync_catalog(engine, load_catalog(catalog()))
+        create_jobs(engine, FanoutRequest(at=AT), settings)
+        runner = JobRunner(engine, settings, None)
+        trips = itertools.count()
+        flush = pg8000_fast._flush
+
+        def counted(sock: Any) -> None:
+            next(trips)
+            flush(sock)
+
+        for threads in THREADS:
+            samples = []
+            for _ in range(2):
+                bodies = _requeue(engine)
+                pg8000_fast._flush = counted  # type: ignore[assignment]
+                before = next(trips)
+                started = time.perf_counter()
+                with ThreadPoolExecutor(threads) as pool:
+                    outcomes = list(pool.map(lambda b: _handle(runner, b), bodies))
+                seconds = time.perf_counter() - started
+                errors = [o for o in outcomes if isinstance(o, Exception)]
+                if errors:  # e.g. a pool checkout that waited past its timeout
+                    print(f"      {len(errors)} records failed: {errors[0]!r:.120}")
+                per_job = (next(trips) - before - 1) / len(bodies)
+                pg8000_fast._flush = flush  # type: ignore[assignment]
+                samples.append((len(bodies) / seconds, per_job, seconds * 1000 / len(bodies)))
+            rate = statistics.median(s[0] for s in samples)
+            rates[threads] = rate
+            line(f"{threads:>2} thread(s): jobs/s", f"{rate:,.0f}", ">= 2,000 (batch-wise claims)")
+            line("    round trips per job", f"{samples[-1][1]:.1f}", "a handful per SQS batch")
+            if threads == 1:
+                line(
+                    "    overhead per job beside the model call",
+                    f"{samples[-1][2]:.2f} ms",
+                    "< 2 ms",
+                )
+        with engine.connect() as conn:
+            done = conn.execute(
+                text("SELECT count(*) FROM prompt_jobs WHERE status = 'succeeded'")
+            ).scalar_one()
+        line("    jobs succeeded in the last run", f"{done}")
+        dispose_engines()
+    finally:
+        stack.drop_database(pg, db)
+    return rates
+
+
+def procrastinate(pg: Any, rates: dict[int, float]) -> None:
+    print("baseline: Procrastinate's worker, no-op task, psycopg connector, same server")
+    if not BENCH_PYTHON.exists():
+        print("  (skipped: .venv-bench missing; `make bench` creates it)")
+        return
+    name = f"bench_procrastinate_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(pg.url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = pg.url(name).replace("postgresql+pg8000://", "postgresql://")
+        done = subprocess.run(
+            [str(BENCH_PYTHON), str(Path(__file__).with_name("procrastinate_worker.py")),
+             url, "2000", *map(str, THREADS)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if done.returncode:
+            print(f"  (failed: {done.stderr.strip().splitlines()[-1:]})")
+            return
+        for row in map(json.loads, done.stdout.strip().splitlines()):
+            rate = row["jobs"] / row["seconds"]
+            ours = rates.get(row["concurrency"])
+            ratio = f"{ours / rate:.2f}x" if ours else "-"
+            line(
+                f"{row['concurrency']:>2} concurrency: jobs/s (promptrun / it)",
+                f"{rate:,.0f} ({ratio})",
+                ">= 5x",
+            )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# --- fan-out --------------------------------------------------------------------------------------
+
+
+def fanout(pg: Any, template: str) -> None:
+    print("fan-out at 100,000 jobs (1,000 prompts x 10 models x 10 runs)")
+    db = stack.create_test_database(pg, template)
+    standin = SqsStandIn()
+    try:
+        url = stack.url_for(pg, db)
+        settings = Settings(database_url=url, jobs_queue_url=standin.queue_url)
+        engine = get_engine(settings, pool_size=1)
+        models = "\n".join(f"  - {{slug: m{i}, provider: offline, model: m{i}}}" for i in range(10))
+        prompts = "\n".join(
+            f'  - {{slug: p{i}, text: "Q{i}?", schedule: daily, runs: 10}}' for i in range(1000)
+        )
+        sync_catalog(engine, load_catalog(f"models:\n{models}\nprompts:\n{prompts}\n"))
+        started = time.perf_counter()
+        created = create_jobs(engine, FanoutRequest(at=AT), settings).created
+        seconds = time.perf_counter() - started
+        line(f"insert: {created:,} rows", f"{seconds:.2f} s ({created / seconds:,.0f}/s)", "")
+        started = time.perf_counter()
+        again = create_jobs(engine, FanoutRequest(at=AT.replace(hour=20)), settings)
+        seconds = time.perf_counter() - started
+        line(f"re-run, same period: {again.created} created", f"{seconds:.2f} s", "well under 1 s")
+        import boto3
+
+        sqs = boto3.client("sqs", endpoint_url=standin.endpoint, region_name="us-east-1",
+                           aws_access_key_id="bench", aws_secret_access_key="bench")  # fmt: skip
+        started = time.perf_counter()
+        progress = send_until(engine, JobQueue(standin.queue_url, sqs=sqs), settings)
+        seconds = time.perf_counter() - started
+        line(
+            f"send: {progress.sent:,} messages (local SQS stand-in)",
+            f"{seconds:.1f} s ({progress.sent / seconds:,.0f}/s)",
+            "all within one run (300 s)",
+        )
+        line("    messages the stand-in received", f"{standin.received:,}", "")
+        dispose_engines()
+    finally:
+        standin.stop()
+        stack.drop_database(pg, db)
+
+
+# --- status reads -----------------------------------------------------------------------------------
+
+
+def status_reads(pg: Any) -> None:
+    name, built = dataset.ensure(pg)
+    how = f"built in {built:.0f} s" if built is not None else "cached"
+    print(f"status reads at 1M jobs / ~4M mentions (database {name}, {how}); median of 5")
+    engine = get_engine(Settings(database_url=stack.url_for(pg, name)))
+    with engine.connect() as conn:
+        jobs = conn.execute(text("SELECT count(*) FROM prompt_jobs")).scalar_one()
+        mentions = conn.execute(text("SELECT count(*) FROM entity_mentions")).scalar_one()
+    line("rows", f"{jobs:,} jobs, {mentions:,} mentions", "1M / ~4M")
+    batch = "2026-09-15"
+    reads: list[tuple[str, Callable[[], Any], str]] = [
+        ("GET /batches", lambda: queries.list_batches(engine), "50 ms"),
+        ("GET /jobs (page + summary counts)", lambda: queries.list_jobs(engine), "50 ms"),
+        (
+            "GET /jobs?batch_key= (page + counts)",
+            lambda: queries.list_jobs(engine, batch_key=batch),
+            "50 ms",
+        ),
+        (
+            "GET /jobs?prompt=&model= (page + counts)",
+            lambda: queries.list_jobs(engine, prompt="prompt-7", model="model-3"),
+            "50 ms",
+        ),
+        (f"GET /batches/{batch}", lambda: queries.batch_summary(engine, batch), "50 ms"),
+        ("GET /entities", lambda: queries.entity_counts(engine), "50 ms"),
+        (
+            "GET /entities?batch_key=",
+            lambda: queries.entity_counts(engine, batch_key=batch),
+            "50 ms",
+        ),
+        (
+            "GET /entities?model=",
+            lambda: queries.entity_counts(engine, model="model-3"),
+            "50 ms",
+        ),
+        (
+            "GET /entities?prompt=",
+            lambda: queries.entity_counts(engine, prompt="prompt-7"),
+            "50 ms",
+        ),
+    ]
+    for what, read, goal in reads:
+        line(what, f"{timed(read):.1f} ms", goal)
+
+    def page() -> None:
+        with engine.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT j.id FROM prompt_jobs j JOIN prompts p ON p.id = j.prompt_id "
+                    "JOIN models m ON m.id = j.model_id ORDER BY j.created_at DESC, j.id DESC "
+                    "LIMIT 51"
+                )
+            ).all()
+
+    line("a page of jobs alone (the /jobs page query)", f"{timed(page):.1f} ms", "10 ms")
+    dispose_engines()
+
+
+def operators(pg: Any, template: str) -> None:
+    """Retry, cancel, prompt states and prune on a seeded database (tests/bench/operator_bench)."""
+    db = stack.create_test_database(pg, template)
+    engine = engine_for_url(stack.url_for(pg, db), pool_size=2)
+    try:
+        operator_bench.run(engine)
+    finally:
+        engine.dispose()
+        stack.drop_database(pg, db)
+
+
 def main() -> None:
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
         AWS_DEFAULT_REGION="us-east-1",
         POWERTOOLS_LOG_LEVEL="ERROR",
+        POWERTOOLS_METRICS_NAMESPACE="Bench",
     )
+    from promptrun.observability import logger, metrics
+
+    logger.setLevel("ERROR")  # a log line per job would be the bench's main cost
+    metrics.add_metric = lambda **_: None  # type: ignore[method-assign]
+    print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} (1 min) at the start")
     pg = stack.start_postgres()
     template = stack.template_database(pg)
-    moto = stack.MotoServer()
-    os.environ["AWS_ENDPOINT_URL"] = moto.endpoint
-    aws.client.cache_clear()
-    db = stack.create_test_database(pg, template)
-    try:
-        url = stack.url_for(pg, db)
-        engine = engine_for_url(url, pool_size=20)
-        sqs = boto3.client("sqs")
-        queue_url = sqs.create_queue(QueueName=f"bench-{uuid.uuid4().hex[:6]}")["QueueUrl"]
-        settings = Settings(
-            database_url=url, jobs_queue_url=queue_url, max_attempts=3, lease_seconds=60
-        )
-        sync_catalog(engine, load_catalog(catalog()))
-        total = PROMPTS * MODELS * RUNS
-        print(f"catalogue: {PROMPTS} prompts x {MODELS} models x {RUNS} runs = {total} jobs")
-
-        t0 = time.perf_counter()
-        created = create_jobs(
-            engine, FanoutRequest(at=datetime(2026, 11, 22, 13, tzinfo=UTC)), settings
-        ).created
-        t1 = time.perf_counter()
-        sent, failed, _ = send_pending(engine, JobQueue(queue_url), settings)
-        t2 = time.perf_counter()
-        print(
-            f"fan-out insert: {created} rows in {t1 - t0:.2f} s ({created / (t1 - t0):.0f} rows/s)"
-        )
-        print(
-            f"fan-out send:   {sent} messages in {t2 - t1:.2f} s ({sent / (t2 - t1):.0f} msg/s, moto), {failed} failed"
-        )
-        t0 = time.perf_counter()
-        again = create_jobs(
-            engine, FanoutRequest(at=datetime(2026, 11, 22, 14, tzinfo=UTC)), settings
-        )
-        print(
-            f"fan-out re-run for the same period: {again.created} created, {again.existing} existing, {time.perf_counter() - t0:.2f} s"
-        )
-
-        bodies = [m["Body"] for m in receive_all(sqs, queue_url, delete=True)]
-        runner = JobRunner(engine, settings, None)
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(10) as pool:
-            list(pool.map(lambda b: runner.handle(b, None), bodies))
-        dt = time.perf_counter() - t0
-        print(
-            f"processor (offline model, 10 threads): {len(bodies)} jobs in {dt:.2f} s ({len(bodies) / dt:.0f} jobs/s)"
-        )
-
-        # Claim latency on fresh jobs.
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE prompt_jobs SET status = 'queued', attempt_count = 0"))
-            ids = [r[0] for r in conn.execute(text("SELECT id FROM prompt_jobs LIMIT 300"))]
-        lat = []
-        for job_id in ids:
-            s = time.perf_counter()
-            with engine.begin() as conn:
-                jobs.claim_job(conn, job_id, 60)
-            lat.append((time.perf_counter() - s) * 1000)
-        q = statistics.quantiles(lat, n=20)
-        print(
-            f"claim_job latency: p50 {statistics.median(lat):.2f} ms, p95 {q[18]:.2f} ms over {len(lat)} claims"
-        )
-
-        # One SQS batch of 10 through the real handler, model waiting 300 ms per call.
-        sync_catalog(engine, load_catalog(catalog(latency_ms=300)))
-        with engine.begin() as conn:
-            conn.execute(text("DELETE FROM entity_mentions"))
-            conn.execute(text("DELETE FROM responses"))
-            conn.execute(
-                text(
-                    "UPDATE prompt_jobs SET status = 'queued', attempt_count = 0, lease_expires_at = NULL"
-                )
-            )
-            batch_ids = [
-                str(r[0]) for r in conn.execute(text("SELECT id FROM prompt_jobs LIMIT 10"))
-            ]
-        for job_id in batch_ids:
-            sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"job_id": job_id}))
-        msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
-        os.environ.update(DATABASE_URL=url, JOBS_QUEUE_URL=queue_url)
-        get_settings.cache_clear()
-        handler = load_handler("processor", fresh=True)
-        event = sqs_event(msgs, "arn:aws:sqs:us-east-1:000000000000:bench", "us-east-1")
-        t0 = time.perf_counter()
-        out = handler.lambda_handler(event, LocalContext("processor", 60))
-        dt = time.perf_counter() - t0
-        print(
-            f"processor handler, batch of {len(msgs)} with 300 ms model calls: {dt:.2f} s wall "
-            f"(sequential would be >= {0.3 * len(msgs):.1f} s), failures {len(out['batchItemFailures'])}"
-        )
-        operator_bench.run(engine)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peak RSS of the bench process: {peak_mb:.0f} MiB")
-        engine.dispose()
-    finally:
-        stack.drop_database(pg, db)
-        moto.stop()
+    cold_start()
+    rates = processor(pg, template)
+    procrastinate(pg, rates)
+    fanout(pg, template)
+    operators(pg, template)
+    status_reads(pg)
+    print(f"load {os.getloadavg()[0]:.1f} (1 min) at the end")
 
 
 if __name__ == "__main__":

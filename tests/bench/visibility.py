@@ -13,9 +13,10 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from promptrun.catalog import load_catalog, sync_catalog
+from promptrun.db.engine import engine_for_url
 from promptrun.visibility import Slice, refresh_rollups, trends, visibility
 from tests.support import stack
 
@@ -128,7 +129,7 @@ def main() -> None:
     template = stack.template_database(pg)
     db = stack.create_test_database(pg, template)
     try:
-        engine = create_engine(stack.url_for(pg, db), pool_size=2)
+        engine = engine_for_url(stack.url_for(pg, db), pool_size=2)
         sync_catalog(engine, load_catalog(catalog()))
         start = time.perf_counter()
         jobs, mentions = generate(engine)

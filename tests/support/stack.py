@@ -28,6 +28,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _running_port(root: Path) -> int | None:
+    """The port of this checkout's server when its postmaster is alive."""
+    pid_file = root / "data" / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        os.kill(int(lines[0]), 0)
+        return int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def start_postgres() -> postgres.LocalPostgres:
     """This checkout's server: the port chosen once and saved under .local (every test worker
     and every later run agree on it), on loopback plus PROMPTRUN_LISTEN_EXTRA."""

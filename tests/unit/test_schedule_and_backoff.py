@@ -90,3 +90,22 @@ def test_secrets_do_not_leak_through_repr_or_errors() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"DATABASE_URL": "postgres://u:hunter2@h/d"})
     assert "hunter2" not in str(info.value)
+
+
+def test_rds_proxy_settings_replace_the_host_and_keep_verified_tls() -> None:
+    from promptrun.db.engine import connect_args_for, database_url
+    from promptrun.errors import ConfigError
+    from promptrun.settings import Settings
+
+    env = {
+        "DATABASE_URL": "postgresql+pg8000://u:p@db.internal:5432/app",
+        "DATABASE_HOST": "proxy.example",
+    }
+    settings = Settings.from_env(env)
+    url = database_url(settings)
+    assert (url.host, url.port, url.database, url.username) == ("proxy.example", 5432, "app", "u")
+    # The proxy is reached like the database: certificate and host name verified.
+    _, args = connect_args_for(url)
+    assert args["ssl_context"].check_hostname is True
+    with pytest.raises(ConfigError, match="FANOUT_QUEUE_URL"):
+        Settings.from_env({"FANOUT_QUEUE_URL": "queue"})

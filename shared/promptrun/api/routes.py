@@ -273,7 +273,7 @@ def app_from_settings(settings: Settings) -> APIGatewayRestResolver:
     API_TOKEN_SECRET_ARN through Powertools' cache (refreshed every SECRET_MAX_AGE_SECONDS)."""
 
     def engine() -> Engine:
-        return get_engine(settings, pool_size=2)
+        return get_engine(settings, pool_size=1)  # one request at a time per instance
 
     def token() -> str:
         if settings.api_token:

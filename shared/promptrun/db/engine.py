@@ -105,6 +105,12 @@ def url_from_secret(secret: dict[str, object]) -> URL:
 
 
 def database_url(settings: Settings) -> URL:
+    url = _configured_url(settings)
+    # RDS Proxy: same credentials and database, the proxy's endpoint.
+    return url.set(host=settings.database_host) if settings.database_host else url
+
+
+def _configured_url(settings: Settings) -> URL:
     if settings.database_url:
         try:
             return make_url(settings.database_url)
@@ -119,8 +125,15 @@ def database_url(settings: Settings) -> URL:
     raise ConfigError("DATABASE_URL or DATABASE_SECRET_ARN must be set")
 
 
-def get_engine(settings: Settings, pool_size: int = 10) -> Engine:
-    """One engine per URL and process, reused across warm invocations."""
+# A processor instance needs no more: its records share them (each holds one only for its
+# short statements, never across a model call). Connections = 2 x ProcessorMaxConcurrency.
+MAX_CONNECTIONS = 2
+
+
+def get_engine(settings: Settings, pool_size: int = MAX_CONNECTIONS) -> Engine:
+    """One engine per URL and process, reused across warm invocations. No pre-ping: a
+    Lambda's connection is seldom idle long enough to die, and a ping is a round trip per
+    checkout; pool_recycle retires idle ones before proxies and NATs drop them."""
     url = database_url(settings)
     key = url.render_as_string(hide_password=False)
     with _lock:
@@ -129,10 +142,11 @@ def get_engine(settings: Settings, pool_size: int = 10) -> Engine:
             engine = engine_for_url(
                 url,
                 pool_size=pool_size,
-                max_overflow=2,
+                max_overflow=0,
                 pool_recycle=300,
             )
             invalidate_on_client_error(engine)
+            event.listen(engine, "do_connect", _one_trip_connection)
             _engines[key] = engine
         return engine
 
@@ -154,6 +168,12 @@ def invalidate_on_client_error(engine: Engine) -> None:
         if not _server_reported(ctx.original_exception):
             ctx.is_disconnect = True
             ctx.invalidate_pool_on_disconnect = False  # only this connection
+
+
+def _one_trip_connection(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+    from promptrun.db import pg8000_fast
+
+    return pg8000_fast.connect(*cargs, **cparams)
 
 
 def dispose_engines() -> None:

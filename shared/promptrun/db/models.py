@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Table,
     Text,
     UniqueConstraint,
     Uuid,
@@ -137,11 +139,17 @@ class PromptJob(Base):
             "status IN ('queued', 'processing', 'succeeded', 'failed', 'cancelled', 'skipped')",
             name="status",
         ),
-        Index("ix_prompt_jobs_status", "status"),
-        Index("ix_prompt_jobs_scheduled_for", "scheduled_for"),
-        Index("ix_prompt_jobs_prompt_id", "prompt_id"),
-        Index("ix_prompt_jobs_batch_key_status", "batch_key", "status"),
+        # prompt_id needs no index of its own: it leads the unique key.
+        # A batch's jobs newest first (GET /jobs?batch_key=), and a batch's queued jobs.
+        Index("ix_prompt_jobs_batch_key_created_at_id", "batch_key", "created_at", "id"),
         Index("ix_prompt_jobs_created_at_id", "created_at", "id"),
+        # The few live rows among millions of finished ones (fan-out's repair pass).
+        Index(
+            "ix_prompt_jobs_live",
+            "status",
+            "created_at",
+            postgresql_where="status IN ('queued', 'processing')",
+        ),
         # Counting a model's live jobs for its max_concurrency.
         Index("ix_prompt_jobs_model_id_status", "model_id", "status"),
         # The fan-out's repair pass looks for rows that were never sent.
@@ -352,3 +360,145 @@ class VisibilityRollup(Base):
     neutral: Mapped[int] = mapped_column(Integer, nullable=False)
     negative: Mapped[int] = mapped_column(Integer, nullable=False)
     unknown: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+# --- summaries, maintained by triggers (migration 0007) as jobs and mentions change ---------
+# The status API reads these instead of scanning history; see promptrun/summaries.py.
+
+
+class BatchStats(Base):
+    """One row per batch: its key and when its first job row was created (the list order)."""
+
+    __tablename__ = "batch_stats"
+    __table_args__ = (Index("ix_batch_stats_created_at_batch_key", "created_at", "batch_key"),)
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class JobCount(Base):
+    """Jobs, tokens and cost per (batch, model, status); first start and last finish seen."""
+
+    __tablename__ = "job_counts"
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 8), nullable=False, default=0)
+    first_created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    first_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PromptJobCount(Base):
+    """Jobs per (prompt, batch, status): GET /jobs?prompt= counts."""
+
+    __tablename__ = "prompt_job_counts"
+
+    prompt_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class JobDurationBucket(Base):
+    """A histogram of job durations per (batch, model): exact below 1 s, 1% wide above."""
+
+    __tablename__ = "job_duration_buckets"
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class JobErrorCount(Base):
+    """Jobs whose latest attempt ended with an error, per (batch, error); keyed by its md5."""
+
+    __tablename__ = "job_error_counts"
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    error_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    jobs: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class EntityCountRow(Base):
+    """Mentions and the sum of their ranks per (batch, model, name, spelling, type)."""
+
+    __tablename__ = "entity_counts"
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mentions: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rank_sum: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class EntityBatchTotal(Base):
+    """The same per batch, over all models: GET /entities?batch_key=."""
+
+    __tablename__ = "entity_batch_totals"
+
+    batch_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mentions: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rank_sum: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class EntityModelTotal(Base):
+    """The same per model, over all batches: GET /entities?model=."""
+
+    __tablename__ = "entity_model_totals"
+
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mentions: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rank_sum: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class EntityTotal(Base):
+    """The same over all history: GET /entities without a filter."""
+
+    __tablename__ = "entity_totals"
+
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mentions: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rank_sum: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class SummaryCompaction(Base):
+    """One row: when the pending deltas were last folded into the summaries (and the lock
+    that lets one writer at a time do it)."""
+
+    __tablename__ = "summary_compaction"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    compacted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+def _pending(table: Table) -> Table:
+    """Deltas not yet folded into `table`: its columns, no key (writers only append)."""
+    return Table(
+        f"{table.name}_pending",
+        Base.metadata,
+        *(Column(c.name, c.type, nullable=c.nullable) for c in table.columns),
+    )
+
+
+PENDING_TABLES = [
+    _pending(t.__table__)  # type: ignore[arg-type]
+    for t in (JobCount, PromptJobCount, JobDurationBucket, JobErrorCount, EntityCountRow)
+]

@@ -1,0 +1,126 @@
+"""pg8000 with fewer round trips and less client CPU per statement, same protocol.
+
+Stock pg8000 runs every parameterised statement in three round trips (Parse+Sync,
+Describe+Sync, Bind+Execute+Sync), sends each BEGIN as a round trip of its own, and rescans
+the SQL text character by character on every call to turn `%s` into `$n`. Here:
+
+- Parse, Describe, Bind and Execute go out together with one Sync: one round trip. Text
+  parameters (all pg8000 sends) need nothing from the Describe answer, so nothing is lost;
+  an error anywhere makes the server skip to the Sync, as before.
+- BEGIN is held back and sent in the same packet as the transaction's first statement.
+- The `%s` -> `$n` conversion is remembered per SQL text (the texts are a fixed set).
+
+Statements stay unnamed, so nothing is prepared server-side: nothing for RDS Proxy to pin.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import pg8000.legacy
+from pg8000.converters import make_params
+from pg8000.core import NULL_BYTE, SYNC_MSG, Context, _flush, _write
+from pg8000.dbapi import convert_paramstyle
+from pg8000.exceptions import InterfaceError
+
+_BEGIN = "begin transaction"
+_POSITIONAL = ("numeric", "qmark", "format")
+
+
+@lru_cache(maxsize=512)
+def _converted(style: str, query: str) -> str:
+    return convert_paramstyle(style, query, ())[0]
+
+
+def cached_convert_paramstyle(style: str, query: str, args: Any) -> tuple[str, Any]:
+    """pg8000's convert_paramstyle, remembered for positional styles (SQLAlchemy's `format`),
+    where the values pass through unchanged."""
+    if style in _POSITIONAL:
+        return _converted(style, query), args
+    return convert_paramstyle(style, query, args)
+
+
+class Connection(pg8000.legacy.Connection):
+    """pg8000's DB-API connection, one round trip per statement (BEGIN included)."""
+
+    _begin_pending = False
+
+    def execute_simple(self, statement: str) -> Context:
+        if statement == _BEGIN and not self._in_transaction:
+            self._begin_pending = True  # sent with the next statement
+            return Context(statement)
+        begin = self._send_pending_begin()
+        context = Context(statement)
+        self.send_QUERY(statement)
+        _flush(self._sock)
+        self._finish(begin, context)
+        return context
+
+    def execute_unnamed(
+        self, statement: str, vals: Any = (), oids: Any = (), stream: Any = None
+    ) -> Context:
+        if stream is not None:  # COPY: pg8000's own exchange
+            begin = self._send_pending_begin()
+            if begin is not None:
+                _flush(self._sock)
+                self._finish(begin, None)
+            return super().execute_unnamed(statement, vals=vals, oids=oids, stream=stream)
+        params = make_params(self.py_types, vals)  # before anything is sent
+        begin = self._send_pending_begin()
+        context = Context(statement)
+        self.send_PARSE(NULL_BYTE, statement, oids)
+        self.send_DESCRIBE_STATEMENT(NULL_BYTE)
+        self.send_BIND(NULL_BYTE, params)
+        self.send_EXECUTE()
+        _write(self._sock, SYNC_MSG)
+        try:
+            _flush(self._sock)
+        except AttributeError:
+            raise InterfaceError("connection is closed") from None
+        self._finish(begin, context)
+        return context
+
+    def commit(self) -> None:
+        if self._begin_pending:  # nothing ran: there is nothing to commit
+            self._begin_pending = False
+            return
+        super().commit()
+
+    def rollback(self) -> None:
+        # An empty transaction leaves no BEGIN behind for a later autocommit statement.
+        self._begin_pending = False
+        super().rollback()
+
+    def _send_pending_begin(self) -> Context | None:
+        if not self._begin_pending:
+            return None
+        self._begin_pending = False
+        self.send_QUERY(_BEGIN)
+        return Context(_BEGIN)
+
+    def _finish(self, begin: Context | None, context: Context | None) -> None:
+        """Read every answer that was sent for, then raise the first error among them."""
+        error: Exception | None = None
+        if begin is not None:
+            try:
+                self.handle_messages(begin)
+            except Exception as exc:
+                error = exc
+        if context is not None:
+            try:
+                self.handle_messages(context)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+
+def install() -> None:
+    """Use the remembered conversion in pg8000's DB-API cursor (idempotent)."""
+    pg8000.legacy.convert_paramstyle = cached_convert_paramstyle
+
+
+def connect(*args: Any, **kwargs: Any) -> Connection:
+    install()
+    return Connection(*args, **kwargs)

@@ -41,3 +41,18 @@ def test_an_unreachable_port_stops_the_set_up_with_the_reason(
     assert done.returncode != 0
     assert f"cannot reach this machine's port {port} as {container_engine.host_name}" in done.stderr
     assert "unreachable for 2 s" in done.stderr
+
+
+def test_the_built_layer_carries_the_runtime_and_nothing_for_operators(sam: Any) -> None:
+    """What `sam build` made (the fixture rebuilds a stale build): the locked runtime
+    packages, the package without the CLI, the local stack, migrations or the YAML reader,
+    and nothing that would shadow the Lambda runtime's boto3."""
+    site = REPO / ".aws-sam" / "build" / "SharedLayer" / "python"
+    package = site / "promptrun"
+    assert (package / "processor.py").is_file() and (package / "db" / "pg8000_fast.py").is_file()
+    assert (package / "db" / "rds-ca-bundle.pem").is_file()
+    for dropped in ("local", "cli.py", "cli_operator.py", "db/migrations", "catalog_yaml.py"):
+        assert not (package / dropped).exists(), dropped
+    top = {p.name.split("-")[0].lower() for p in site.iterdir()}
+    assert {"pg8000", "sqlalchemy", "pydantic", "openai", "anthropic"} <= top
+    assert not top & {"boto3", "botocore", "yaml", "alembic", "rich", "s3transfer"}

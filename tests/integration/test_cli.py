@@ -16,11 +16,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from promptrun import cli
-from promptrun.aws import JobQueue
-from promptrun.fanout import FanoutRequest, run_fanout
 from promptrun.settings import Settings, get_settings
-from tests.conftest import sync
-from tests.integration.test_operator import AT, CATALOG, DAILY, job, set_status
+from tests.integration.test_operator import DAILY, fanned_out, job, set_status
 from tests.support.sqs import receive_all
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,16 +49,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def batch(
     engine: Engine, settings: Settings, sqs: Any, env: dict[str, str]
 ) -> dict[str, uuid.UUID]:
-    sync(engine, CATALOG)
-    run_fanout(engine, JobQueue(settings.jobs_queue_url or ""), FanoutRequest(at=AT), settings)
-    receive_all(sqs, settings.jobs_queue_url, delete=True)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT m.slug || run_index, j.id FROM prompt_jobs j JOIN models m ON m.id = j.model_id"
-            )
-        ).all()
-    return {k: v for k, v in rows}
+    return fanned_out(engine, settings, sqs)
 
 
 # --- refusals ----------------------------------------------------------------------------

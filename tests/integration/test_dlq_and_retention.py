@@ -14,12 +14,11 @@ from sqlalchemy import Engine, text
 from promptrun import dlq, retention
 from promptrun.aws import JobQueue
 from promptrun.errors import InputError
-from promptrun.fanout import FanoutRequest, run_fanout
 from promptrun.maintenance import run_maintenance
 from promptrun.processor import JobRunner, Outcome
 from promptrun.settings import Settings
-from tests.conftest import sync, with_settings
-from tests.integration.test_operator import CATALOG, job, set_status
+from tests.conftest import with_settings
+from tests.integration.test_operator import fanned_out, job, set_status
 from tests.support.sqs import receive_all
 
 AT = datetime(2026, 11, 22, 13, 5, tzinfo=UTC)
@@ -33,16 +32,7 @@ def dlq_url_of(sqs: Any, queue_url: str) -> str:
 
 @pytest.fixture
 def jobs4(engine: Engine, settings: Settings, sqs: Any) -> dict[str, uuid.UUID]:
-    sync(engine, CATALOG)
-    run_fanout(engine, JobQueue(settings.jobs_queue_url or ""), FanoutRequest(at=AT), settings)
-    receive_all(sqs, settings.jobs_queue_url, delete=True)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT m.slug || run_index, j.id FROM prompt_jobs j JOIN models m ON m.id = j.model_id"
-            )
-        ).all()
-    return {k: v for k, v in rows}
+    return fanned_out(engine, settings, sqs)
 
 
 def dead_letter(sqs: Any, dlq_url: str, bodies: list[str]) -> None:

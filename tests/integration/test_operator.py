@@ -57,9 +57,9 @@ def api(settings: Settings) -> Any:
     return app_from_settings(settings)
 
 
-@pytest.fixture
-def batch(engine: Engine, settings: Settings, sqs: Any) -> dict[str, uuid.UUID]:
-    """Four jobs of one daily batch (crm x alpha, beta x 2 runs), sent, queue then emptied."""
+def fanned_out(engine: Engine, settings: Settings, sqs: Any) -> dict[str, uuid.UUID]:
+    """CATALOG fanned out at AT, its messages taken off the queue: job ids by model slug and
+    run index ("alpha0", "beta1", ...)."""
     sync(engine, CATALOG)
     run_fanout(engine, JobQueue(settings.jobs_queue_url or ""), FanoutRequest(at=AT), settings)
     receive_all(sqs, settings.jobs_queue_url, delete=True)
@@ -70,6 +70,12 @@ def batch(engine: Engine, settings: Settings, sqs: Any) -> dict[str, uuid.UUID]:
             )
         ).all()
     return {k: v for k, v in rows}
+
+
+@pytest.fixture
+def batch(engine: Engine, settings: Settings, sqs: Any) -> dict[str, uuid.UUID]:
+    """Four jobs of one daily batch (crm x alpha, beta x 2 runs), sent, queue then emptied."""
+    return fanned_out(engine, settings, sqs)
 
 
 def set_status(engine: Engine, job_id: uuid.UUID, status: str, **extra: Any) -> None:

@@ -92,6 +92,7 @@ env = {
     "DATABASE_SECRET_ARN": "",
     "JOBS_QUEUE_URL": for_containers(os.environ["JOBS_QUEUE_URL"]),
     "JOBS_DLQ_URL": for_containers(os.environ.get("JOBS_DLQ_URL", "")),
+    "FANOUT_QUEUE_URL": "",
     "AWS_ENDPOINT_URL": for_containers(os.environ["AWS_ENDPOINT_URL"]),
     "API_TOKEN": os.environ["API_TOKEN"],
     "API_TOKEN_SECRET_ARN": "",

@@ -258,6 +258,9 @@ def write_env_vars(
         "DATABASE_URL": stack.url_for(pg, database, host=engine.host_name),
         "DATABASE_SECRET_ARN": "",
         "JOBS_QUEUE_URL": engine.to_container(queue_url),
+        # sam local resolves !Ref FanoutContinueQueue to its logical id: no continuation queue
+        # here (the fan-out tests send everything within one invocation).
+        "FANOUT_QUEUE_URL": "",
         "AWS_ENDPOINT_URL": engine.to_container(moto_endpoint),
         "API_TOKEN": API_TOKEN,
         "API_TOKEN_SECRET_ARN": "",

@@ -442,8 +442,9 @@ reach() {
 	# the name Lambda containers use; bounded, and it says how long the path took.
 	local port="$1" host
 	host="$(host_name_for_containers)"
-	local extra=()
-	[[ "$ENGINE" == docker ]] && extra=(--add-host "host.docker.internal:host-gateway")
+	# Like SAM's containers: through the API service, with a port published on loopback.
+	local extra=(--publish "127.0.0.1::8080")
+	[[ "$ENGINE" == docker ]] && extra+=(--add-host "host.docker.internal:host-gateway")
 	log "checking that a Lambda container reaches $host:$port"
 	local out
 	if ! out="$(engine_cli run --rm "${extra[@]}" --entrypoint python3 "$IMAGE" -c '

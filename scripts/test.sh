@@ -57,10 +57,8 @@ source "$LOCAL/engine.env"
 # The local services listen on loopback and, for the containers, on the bridge's address.
 export PROMPTRUN_LISTEN_EXTRA="$PROMPTRUN_CONTAINER_BRIDGE_ADDR"
 
-# The tests' PostgreSQL, then proof that a Lambda container reaches it: a machine whose
-# container network is not ready fails here, with the reason, and not in a test.
+# The tests' PostgreSQL, listening on loopback and the bridge.
 PG_PORT="$("$PY" -c 'from tests.support import stack; print(stack.start_postgres().port)')"
-scripts/container_engine.sh --reach "$PG_PORT"
 
 "$VENV/bin/pytest" -q -n 2 -m 'not sam' tests/unit tests/integration
 # The dashboard in headless Chromium (Debian's package, installed when missing).
@@ -68,4 +66,8 @@ scripts/chromium.sh >"$LOCAL/chromium.env"
 # shellcheck disable=SC1091
 source "$LOCAL/chromium.env"
 "$VENV/bin/pytest" -q -m browser tests/browser
+
+# Proof, right before the container tests, that a Lambda container reaches the tests'
+# PostgreSQL: a machine whose container network is not ready fails here, with the reason.
+scripts/container_engine.sh --reach "$PG_PORT"
 SAM="$(cd "$(dirname "$SAM")" && pwd)/$(basename "$SAM")" "$VENV/bin/pytest" -q -m sam tests/sam

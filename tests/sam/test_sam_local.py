@@ -72,6 +72,7 @@ def test_fanout_in_a_lambda_container_creates_jobs_once(
     # crm: 2 models x 2 runs (daily); laptops: alpha x 1 run (hourly)
     assert first == {
         "created": 5, "existing": 0, "sent": 5, "send_failed": 0, "rescued": 0,
+        "continued": False,  # all sent within the invocation: no continuation message
         "batches": {
             "2026-11-22": {"created": 4, "existing": 0},
             "2026-11-22T13": {"created": 1, "existing": 0},

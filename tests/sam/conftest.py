@@ -174,10 +174,12 @@ class Sam:
         lines = proc.stdout.strip().splitlines()
         assert lines, f"sam local invoke {function} printed no result:\n{tail(proc.stderr)}"
         result = json.loads(lines[-1])
-        assert not (isinstance(result, dict) and "errorType" in result), (
-            f"{function} raised {result.get('errorType')}: {result.get('errorMessage')}\n"
-            f"{tail(proc.stderr)}"
-        )
+        if isinstance(result, dict) and "errorType" in result:
+            report = network_report()
+            raise AssertionError(
+                f"{function} raised {result.get('errorType')}: {result.get('errorMessage')}\n"
+                f"{tail(proc.stderr)}\n--- this machine's network at the failure ---\n{report}"
+            )
         return result
 
     def start(self, command: str, port: int, env_vars: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -196,6 +198,26 @@ class Sam:
                 cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
+
+
+def network_report() -> str:
+    """What a container's failed connection to this machine needs looked at: addresses,
+    routes, neighbours, listening sockets, the firewall and the containers."""
+    out = []
+    for cmd in (
+        ["ip", "-4", "addr"],
+        ["ip", "route"],
+        ["ip", "neigh"],
+        ["ss", "-ltn"],
+        ["iptables-save"],
+        ["podman", "ps", "-a", "--format", "{{.Names}} {{.Status}} {{.Networks}}"],
+    ):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+            out.append(f"$ {' '.join(cmd)}\n{(done.stdout + done.stderr).strip()}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            out.append(f"$ {' '.join(cmd)}\n({exc})")
+    return "\n".join(out)
 
 
 def tail(text: str, lines: int = 40) -> str:

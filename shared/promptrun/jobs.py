@@ -283,21 +283,6 @@ def fail_exhausted(conn: Connection, job_id: uuid.UUID) -> bool:
     return result.rowcount == 1
 
 
-def cancel_batch(conn: Connection, batch_key: str, model_slug: str | None = None) -> int:
-    """Cancel the batch's jobs that have not started (queued); running ones finish.
-    Their messages are acknowledged when they arrive: a cancelled row cannot be claimed."""
-    result = conn.execute(
-        text(
-            "UPDATE prompt_jobs SET status = 'cancelled', finished_at = now(), updated_at = now(), "
-            "next_attempt_at = NULL WHERE batch_key = :key AND status = 'queued' "
-            "AND (CAST(:model AS text) IS NULL "
-            "     OR model_id = (SELECT id FROM models WHERE slug = CAST(:model AS text)))"
-        ),
-        {"key": batch_key, "model": model_slug},
-    )
-    return int(result.rowcount)
-
-
 def backoff_seconds(
     attempt: int, base: float, cap: float, rng: random.Random | None = None
 ) -> float:

@@ -79,6 +79,10 @@ class FakeHTTPServer:
         self.in_flight = 0  # requests received and not yet answered
         self.peak_in_flight = 0
         self.abandoned = 0  # answers the client no longer waited for (it timed out)
+        # With `gather` N, unscripted replies wait (at most their delay) until N requests are
+        # in flight together: a test of concurrency that does not depend on timing.
+        self.gather = 0
+        self._gathered = threading.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class FakeHTTPServer:
             self.requests.clear()
             self.peak_in_flight = self.in_flight
             self.abandoned = 0
+            self._gathered.clear()
         return self
 
     @property
@@ -183,6 +188,8 @@ class FakeHTTPServer:
             scripted = self._script.popleft() if self._script else None
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            if self.gather and self.in_flight >= self.gather:
+                self._gathered.set()
         try:
             if scripted is None:
                 reply = self.default_reply(request)
@@ -192,7 +199,11 @@ class FakeHTTPServer:
                 reply = scripted
             else:
                 reply = scripted(request)
-            stopping = bool(reply.delay) and self._stopping.wait(reply.delay)
+            if scripted is None and self.gather:
+                self._gathered.wait(reply.delay)
+                stopping = self._stopping.is_set()
+            else:
+                stopping = bool(reply.delay) and self._stopping.wait(reply.delay)
         finally:
             # No longer in flight before the client can see the answer, so a client that
             # sends its next request at once is never counted twice.

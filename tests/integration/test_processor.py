@@ -375,20 +375,27 @@ prompts:
 
 
 class ConcurrencyProbe(OfflineProvider):
-    """The offline model with a wait, recording how many calls run at once."""
+    """The offline model with a wait, recording how many calls run at once. The first calls
+    wait (at most 10 s) until `gather` of them run together, so reaching a limit does not
+    depend on how busy the machine is."""
 
-    def __init__(self) -> None:
+    def __init__(self, gather: int = 0) -> None:
         self.lock = threading.Lock()
         self.now = 0
         self.peak = 0
         self.answers = 0
+        self.gather = gather
+        self.gathered = threading.Event()
 
     def answer(self, call: ModelCall, prompt: str, system: str | None) -> Completion:
         with self.lock:
             self.now += 1
             self.peak = max(self.peak, self.now)
             self.answers += 1
+            if self.now >= self.gather:
+                self.gathered.set()
         try:
+            self.gathered.wait(10)
             time.sleep(0.05)
             return super().answer(call, prompt, system)
         finally:
@@ -410,7 +417,7 @@ prompts:
     )
     fan_out(engine, settings)
     bodies = [m["Body"] for m in receive_all(sqs, settings.jobs_queue_url)]
-    probe = ConcurrencyProbe()
+    probe = ConcurrencyProbe(gather=3)
     runner = JobRunner(engine, settings, None, providers=lambda n, s: probe)
     waits = Counter[str]()
 

@@ -25,7 +25,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from sqlalchemy import Engine, text
 
-from promptrun import events, visibility
+from promptrun import events
 from promptrun.observability import SERVICE, logger
 
 CLAIM_SECONDS = 120
@@ -184,6 +184,10 @@ def complete(engine: Engine, batch_keys: Iterable[str]) -> list[str]:
                 _refresh_if_reopened(engine, key)
             continue
         detail = batch_detail(engine, key)
+        # Here, not at the top: only a finished batch needs it, and every processor cold start
+        # would pay for the visibility module (brands, exports) otherwise.
+        from promptrun import visibility
+
         drops = visibility.significant_drops(engine, key)
         published = [events.Event(events.BATCH_COMPLETED, detail)] + [
             events.Event(events.VISIBILITY_CHANGED, {**d.model_dump(), "direction": "down"})
@@ -222,6 +226,8 @@ def _refresh_if_reopened(engine: Engine, batch_key: str) -> None:
             {"k": batch_key},
         ).first()
         if stale and _is_finished(conn, batch_key):
+            from promptrun import visibility
+
             visibility.refresh_rollups(conn, [batch_key])
 
 

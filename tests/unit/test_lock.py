@@ -111,3 +111,6 @@ def test_handlers_import_nothing_the_layer_leaves_out(function: str) -> None:
         )
     }
     assert left_out == set()
+    if function != "status":
+        # Visibility (brands, exports) is read when a batch completes, not at every cold start.
+        assert "promptrun.visibility" not in modules

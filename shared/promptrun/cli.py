@@ -30,10 +30,9 @@ LOCAL_ROOT = Path(os.environ.get("PROMPTRUN_LOCAL_DIR", ".local"))
 
 
 def _engine() -> Any:
-    from promptrun.db.engine import get_engine
-    from promptrun.settings import get_settings
+    from promptrun.db.engine import engine_from_env
 
-    return get_engine(get_settings().require("database"), pool_size=2)
+    return engine_from_env()
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -8,10 +8,9 @@ from typing import Any
 
 
 def _engine() -> Any:
-    from promptrun.db.engine import get_engine
-    from promptrun.settings import get_settings
+    from promptrun.db.engine import engine_from_env
 
-    return get_engine(get_settings().require("database"), pool_size=2)
+    return engine_from_env()
 
 
 def _target(args: argparse.Namespace) -> Any:

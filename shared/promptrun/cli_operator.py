@@ -12,10 +12,9 @@ from promptrun.errors import InputError
 
 
 def _engine() -> Any:
-    from promptrun.db.engine import get_engine
-    from promptrun.settings import get_settings
+    from promptrun.db.engine import engine_from_env
 
-    return get_engine(get_settings().require("database"), pool_size=2)
+    return engine_from_env()
 
 
 def _settings() -> Any:

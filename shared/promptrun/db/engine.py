@@ -176,6 +176,13 @@ def _one_trip_connection(dialect: Any, record: Any, cargs: Any, cparams: Any) ->
     return pg8000_fast.connect(*cargs, **cparams)
 
 
+def engine_from_env(pool_size: int = 2) -> Engine:
+    """The engine of an operator's command: the database the environment names."""
+    from promptrun.settings import get_settings
+
+    return get_engine(get_settings().require("database"), pool_size=pool_size)
+
+
 def dispose_engines() -> None:
     with _lock:
         for engine in _engines.values():

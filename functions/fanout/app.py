@@ -17,7 +17,7 @@ settings = get_settings().require("database", "queue")
 @logger.inject_lambda_context(log_event=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@batch_completion.sweep_after(lambda: get_engine(settings, pool_size=2))
+@batch_completion.sweep_after(lambda: get_engine(settings, pool_size=1))
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse_event(event)
     queue = JobQueue(settings.jobs_queue_url or "")

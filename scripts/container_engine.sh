@@ -17,8 +17,10 @@
 #   per-checkout "anchor" container: Podman (netavark) creates the bridge, its address
 #   and its firewall rules when the first container starts and removes them when the
 #   last one stops, so without the anchor every Lambda container would race that set-up.
-#   The bridge's gateway address is printed as PROMPTRUN_CONTAINER_BRIDGE_ADDR, for
-#   services that containers must reach.
+#   The bridge's MAC address is then pinned: left alone, it follows the lowest MAC of the
+#   bridge's ports, and containers that resolved the old one lose the host for half a
+#   minute whenever another container starts. The bridge's gateway address is printed as
+#   PROMPTRUN_CONTAINER_BRIDGE_ADDR, for services that containers must reach.
 #
 #     scripts/container_engine.sh --reach PORT   # after the above: prove that a Lambda
 #         # container reaches this machine's PORT (e.g. PostgreSQL) before any test runs
@@ -427,6 +429,39 @@ ensure_network_anchor() {
 		die "could not start the network anchor container $ANCHOR from $IMAGE"
 }
 
+bridge_device() {
+	# The host-side interface of the engine's default network (podman0, docker0).
+	if [[ "$ENGINE" == podman ]]; then
+		podman network inspect podman --format '{{.NetworkInterface}}' 2>/dev/null
+	else
+		docker network inspect bridge --format '{{index .Options "com.docker.network.bridge.name"}}' 2>/dev/null
+	fi
+}
+
+pin_bridge_address() {
+	# A Linux bridge whose MAC address was never set takes the lowest MAC of its ports, so
+	# it changes whenever a container (or a build's RUN step) joins or leaves. A container
+	# that had already resolved the gateway keeps sending to the old address, which the
+	# bridge now drops as "other host": its connections to this machine time out until its
+	# ARP entry expires (half a minute or more). Docker sets its bridge's address once;
+	# netavark 1.4 does not, so pin it here, while the anchor keeps the bridge up.
+	[[ "$ENGINE" == podman ]] || return 0
+	local dev sys
+	dev="$(bridge_device)"
+	sys="/sys/class/net/$dev"
+	[[ -n "$dev" && -e "$sys" ]] || die "the Podman network's bridge interface (${dev:-unknown}) does not exist"
+	# addr_assign_type 3 (NET_ADDR_SET): the address was set, the bridge no longer changes it.
+	[[ "$(cat "$sys/addr_assign_type")" == 3 ]] && return 0
+	[[ $EUID -eq 0 ]] || die "the bridge $dev changes its MAC address as containers come and go; run as root to pin it"
+	have ip || die "the ip command (iproute2) is needed to pin the MAC address of the bridge $dev"
+	local mac
+	mac="$(cat "$sys/address")"
+	ip link set dev "$dev" address "$mac" || die "could not pin the MAC address of the bridge $dev"
+	[[ "$(cat "$sys/addr_assign_type")" == 3 ]] ||
+		die "the MAC address of the bridge $dev is still not fixed after setting it"
+	log "pinned the bridge $dev to its MAC address $mac (it would follow its ports' otherwise)"
+}
+
 bridge_gateway() {
 	local gw=""
 	if [[ "$ENGINE" == podman ]]; then
@@ -512,6 +547,7 @@ ENGINE=podman
 [[ "$HOST" == "unix://$PODMAN_SOCKET" ]] || ENGINE=docker
 
 ensure_network_anchor
+pin_bridge_address
 if [[ "$MODE" == reach ]]; then
 	reach "$REACH_PORT"
 	exit 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +43,48 @@ def test_an_unreachable_port_stops_the_set_up_with_the_reason(
     assert done.returncode != 0
     assert f"cannot reach this machine's port {port} as {container_engine.host_name}" in done.stderr
     assert "unreachable for 2 s" in done.stderr
+
+
+def _bridge_device(engine: ContainerEngine) -> str:
+    if engine.kind == "podman":
+        cmd = ["podman", "network", "inspect", "podman", "--format", "{{.NetworkInterface}}"]
+    else:
+        fmt = '{{index .Options "com.docker.network.bridge.name"}}'
+        cmd = ["docker", "network", "inspect", "bridge", "--format", fmt]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    device = done.stdout.strip()
+    assert done.returncode == 0 and device, f"{' '.join(cmd)}: {done.stderr.strip()}"
+    return device
+
+
+def test_the_bridge_keeps_its_mac_address_when_a_port_with_a_lower_one_joins(
+    container_engine: ContainerEngine,
+) -> None:
+    """A bridge left to itself takes the lowest MAC address of its ports, so a container
+    starting (or a build's RUN step) could change it under a container that had already
+    resolved the gateway, whose connections to this machine then time out. A veth with the
+    lowest possible address joins the bridge here: the bridge's address must not move."""
+    device = _bridge_device(container_engine)
+    sys_dir = Path("/sys/class/net") / device
+    before = (sys_dir / "address").read_text().strip()
+    port = f"prt{uuid.uuid4().hex[:8]}"  # interface names are at most 15 characters
+
+    def ip(*args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"ip {' '.join(args)}: {done.stderr.strip()}"
+
+    ip("link", "add", port, "type", "veth", "peer", "name", f"{port}p")
+    try:
+        ip("link", "set", port, "address", "02:00:00:00:00:01")
+        ip("link", "set", port, "master", device)
+        ip("link", "set", port, "up")
+        after = (sys_dir / "address").read_text().strip()
+    finally:
+        ip("link", "del", port)
+    assert after == before, (
+        f"the bridge {device} changed its MAC address from {before} to {after} when a port "
+        "joined: scripts/container_engine.sh pins it"
+    )
 
 
 def test_the_built_layer_carries_the_runtime_and_nothing_for_operators(sam: Any) -> None:

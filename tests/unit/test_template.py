@@ -1,4 +1,4 @@
-"""template.yaml holds least privilege: the processor's role has no SQS action on "*", the
+"""template.yaml holds least privilege: no role has an SQS action on "*", the
 status function reads the database through the read-only secret and does not trace response
 bodies, the API writes access logs, and the schedule has a dead-letter queue."""
 
@@ -94,6 +94,49 @@ def test_the_processor_role_has_no_sqs_action_on_every_resource(template: dict[s
     }
     for statement in role_statements(role):
         assert statement["Resource"] != "*"
+
+
+def test_every_function_with_an_sqs_event_has_its_own_role(template: dict[str, Any]) -> None:
+    """SAM attaches AWSLambdaSQSQueueExecutionRole (SQS actions on "*") to the generated role
+    of a function with an SQS event: such a function must bring its own role instead."""
+    with_sqs = {
+        name: r["Properties"]
+        for name, r in resources(template).items()
+        if r["Type"] == "AWS::Serverless::Function"
+        and any(e["Type"] == "SQS" for e in r["Properties"].get("Events", {}).values())
+    }
+    assert {"ProcessorFunction", "FanoutFunction"} <= set(with_sqs)
+    for name, props in with_sqs.items():
+        assert "Role" in props, f"{name} has an SQS event and no role of its own"
+        assert "Policies" not in props, f"{name}: with Role set, SAM ignores Policies"
+
+
+def test_the_fanout_role_sends_jobs_and_polls_only_its_continuation_queue(
+    template: dict[str, Any],
+) -> None:
+    fanout = resources(template)["FanoutFunction"]["Properties"]
+    assert fanout["Role"] == {"Fn::GetAtt": ["FanoutRole", "Arn"]}
+    role = resources(template)["FanoutRole"]
+    managed = str(role["Properties"]["ManagedPolicyArns"])
+    assert "SQSQueueExecutionRole" not in managed and "AmazonSQS" not in managed
+    by_queue: dict[str, set[str]] = {}
+    for statement in role_statements(role):
+        assert statement["Resource"] != "*" and "*" not in as_list(statement["Resource"])
+        actions = as_list(statement["Action"])
+        if any(str(a).startswith("sqs:") for a in actions):
+            queue = statement["Resource"]["Fn::GetAtt"][0]
+            by_queue.setdefault(queue, set()).update(actions)
+    assert by_queue["JobsQueue"] == {"sqs:SendMessage", "sqs:SendMessageBatch"}
+    assert {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage"} <= by_queue[
+        "FanoutContinueQueue"
+    ]
+    assert set(by_queue) == {"JobsQueue", "FanoutContinueQueue"}
+    secrets = [
+        s["Resource"]
+        for s in role_statements(role)
+        if "secretsmanager:GetSecretValue" in as_list(s["Action"])
+    ]
+    assert secrets == [{"Ref": "DatabaseSecretArn"}]
 
 
 def test_the_status_function_uses_the_read_only_database_secret(template: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from promptrun import cli_flow, cli_operator, cli_results
 from promptrun.cli_errors import run_guarded
+from promptrun.cli_output import StatusLine
 from promptrun.errors import InputError, PromptrunError
 from promptrun.local.events import api_gateway_event, bearer, scheduled_event
 
@@ -114,12 +115,13 @@ def _batch_finished(batch_keys: list[str]) -> bool:
     return left == 0
 
 
-def _progress(stats: Any) -> None:
-    print(
-        f"\rpoller: {stats.batches} batches, {stats.acknowledged} done, {stats.failed} to retry",
-        end="",
-        file=sys.stderr,
-        flush=True,
+_poll_line = StatusLine()
+
+
+def _progress(stats: Any, final: bool = False) -> None:
+    _poll_line.show(
+        f"poller: {stats.batches} batches, {stats.acknowledged} done, {stats.failed} to retry",
+        final=final,
     )
 
 
@@ -158,7 +160,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
                 on_progress=_progress,
             )
         finally:
-            print(file=sys.stderr)
+            _progress(poller.stats, final=True)
+            _poll_line.close()
     else:
         while True:
             poller.poll_once()

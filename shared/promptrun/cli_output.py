@@ -5,9 +5,10 @@ needs `rich`."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 
 def _rich_console(stderr: bool = False) -> Any | None:
@@ -39,6 +40,34 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | No
         print("\t".join(row))
 
 
+class StatusLine:
+    """A line of progress on stderr: rewritten in place on a terminal; in a log file, a new
+    line when it changed, at most every `every` seconds, so updates never run together."""
+
+    def __init__(self, every: float = 5.0, stream: TextIO | None = None) -> None:
+        self.every = every
+        self.stream = stream if stream is not None else sys.stderr
+        self._tty = self.stream.isatty()
+        self._last: str | None = None
+        self._at = 0.0
+
+    def show(self, line: str, final: bool = False) -> None:
+        if self._tty:
+            print(f"\r{line}", end="", file=self.stream, flush=True)
+            self._last = line
+            return
+        now = time.monotonic()
+        if line == self._last or (not final and self._last and now - self._at < self.every):
+            return
+        print(line, file=self.stream, flush=True)
+        self._last, self._at = line, now
+
+    def close(self) -> None:
+        """Ends a terminal's line; a log's lines are already whole."""
+        if self._tty and self._last is not None:
+            print(file=self.stream, flush=True)
+
+
 class Progress:
     """A one-line progress display on stderr (rich's when available)."""
 
@@ -47,6 +76,8 @@ class Progress:
         self.total = total
         self._rich: Any = None
         self._task: Any = None
+        self._line = StatusLine()
+        self._shown = ""
 
     def update(self, completed: int, note: str = "") -> None:
         if self._rich is not None:
@@ -55,7 +86,8 @@ class Progress:
             )
             return
         of = f"/{self.total}" if self.total else ""
-        print(f"\r{self.description}: {completed}{of} {note}", end="", file=sys.stderr, flush=True)
+        self._shown = f"{self.description}: {completed}{of} {note}".rstrip()
+        self._line.show(self._shown)
 
 
 @contextmanager
@@ -66,7 +98,9 @@ def progress(description: str, total: int | None = None) -> Iterator[Progress]:
         try:
             yield shown
         finally:
-            print(file=sys.stderr)
+            if shown._shown:
+                shown._line.show(shown._shown, final=True)
+            shown._line.close()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as RichProgress

@@ -115,7 +115,8 @@ def _batch_finished(batch_keys: list[str]) -> bool:
     return left == 0
 
 
-_poll_line = StatusLine()
+# In a log: a line when the counts change, at most every second (the flow bench reads the last).
+_poll_line = StatusLine(every=1.0)
 
 
 def _progress(stats: Any, final: bool = False) -> None:

@@ -125,7 +125,8 @@ def run(pg: object, template: str, moto: stack.MotoServer, processes: int) -> No
             try:
                 wall = procs.wait_until(done, timeout=1800, poll=0.2)
             finally:
-                time.sleep(1.5)  # the last progress lines and metrics reach the logs
+                # The last progress lines (at most one a second) and metrics reach the logs.
+                time.sleep(3)
                 procs.stop()
             resent = emf_sum(log_dir, "JobMessagesSent")
             batches = invocations(log_dir)

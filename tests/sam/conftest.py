@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +235,30 @@ def _newest_source_mtime() -> float:
     return newest
 
 
+def clear_dead_build_locks(lock_dir: Path | None = None) -> list[Path]:
+    """SAM serialises image builds with a lock file in the temp folder (the pid of the builder
+    on its first line) and waits up to 5 minutes for one it finds. A `sam` killed mid-build
+    (a stopped `start-api`, an aborted run) leaves its lock behind: remove those whose
+    process is gone; a live builder's lock stays."""
+    removed = []
+    for lock in (lock_dir or Path(tempfile.gettempdir())).glob("*.building.lock"):
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # being written, or not SAM's
+        try:
+            os.kill(pid, 0)
+            continue  # the builder is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, someone else's
+        lock.unlink(missing_ok=True)
+        lock.with_suffix(".status").unlink(missing_ok=True)
+        removed.append(lock)
+    return removed
+
+
 @pytest.fixture(scope="session")
 def sam(container_engine: ContainerEngine) -> Sam:
     exe = os.environ.get("SAM") or str(REPO / ".tools" / "sam" / "bin" / "sam")
@@ -254,6 +279,7 @@ def sam(container_engine: ContainerEngine) -> Sam:
     for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
         env.pop(name, None)
     cli = Sam(exe=exe, engine=container_engine, env=env)
+    clear_dead_build_locks()
     # `make test` has just built; a build older than its sources (or none) is redone.
     if not BUILT_TEMPLATE.exists() or BUILT_TEMPLATE.stat().st_mtime < _newest_source_mtime():
         proc = cli.run("build", "--cached", "--parallel", timeout=900)

@@ -238,12 +238,18 @@ class BatchRunner:
                 admitted.append(_Attempt(job, None))
                 continue
             groups.setdefault((job.model_slug, job.batch_key, pending[job.id][1]), []).append(job)
-        if len({slug for slug, _, _ in groups}) > 1:
-            limits.lock_models(conn, [slug for slug, _, _ in groups])
-        for (slug, batch_key, turn), group in sorted(groups.items(), key=lambda g: g[0][:2]):
-            # One demand for the group, the largest: what is reserved is what is released.
-            demand = max((demand_for(j) for j in group), key=lambda d: (d.tokens, d.cost_usd))
-            admission = limits.admit(conn, slug, batch_key, len(group), demand, turn=turn)
+        ordered = sorted(groups.items(), key=lambda g: g[0][:2])
+        # One demand per group, the largest: what is reserved is what is released.
+        demands = [
+            max((demand_for(j) for j in group), key=lambda d: (d.tokens, d.cost_usd))
+            for _, group in ordered
+        ]
+        requests = [
+            limits.Request(slug, batch_key, len(group), demand, turn=turn)
+            for ((slug, batch_key, turn), group), demand in zip(ordered, demands, strict=True)
+        ]
+        admissions = limits.admit_many(conn, requests) if requests else []
+        for (_, group), demand, admission in zip(ordered, demands, admissions, strict=True):
             lease = limits.Lease.of(admission, demand)
             admitted.extend(_Attempt(job, lease) for job in group[: admission.granted])
             held = group[admission.granted :]

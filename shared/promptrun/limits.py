@@ -24,6 +24,7 @@ in flight. `admit` grants up to `wanted` jobs of one model at once (a whole SQS 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -127,7 +128,8 @@ _LOCK_ROWS = text(
     """
     WITH locked AS (
         SELECT * FROM flow_limits
-        WHERE key = :mk OR key = (SELECT group_key FROM flow_limits WHERE key = :mk)
+        WHERE key = ANY(CAST(:mks AS text[]))
+           OR key IN (SELECT group_key FROM flow_limits WHERE key = ANY(CAST(:mks AS text[])))
         ORDER BY key FOR UPDATE
     )
     SELECT l.*, EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now_s,
@@ -195,10 +197,63 @@ def admit(
     marked these jobs processing in this transaction (a recount sees them). `turn`: the turn
     an earlier admission gave these jobs. Rows missing (a model synced before limits
     existed): no limits."""
-    rows = [dict(r) for r in conn.execute(_LOCK_ROWS, {"mk": model_key(model_slug)}).mappings()]
-    limit_rows = [r for r in rows if r["key"] != CATALOG_KEY]
+    request = Request(model_slug, batch_key, wanted, demand, claimed=claimed, turn=turn)
+    return admit_many(conn, [request])[0]
+
+
+@dataclass(frozen=True)
+class Request:
+    """Jobs of one model and batch to admit (the arguments of `admit`)."""
+
+    model_slug: str
+    batch_key: str
+    wanted: int
+    demand: Demand
+    claimed: bool = False
+    turn: float | None = None
+
+
+def admit_many(conn: Connection, requests: Sequence[Request]) -> list[Admission]:
+    """`admit` for several models at once (a whole SQS batch): one statement locks every row
+    they need in key order, each request is decided on the rows as the ones before it left
+    them, one statement writes them all. An Admission per request, in order."""
+    keys = sorted({model_key(r.model_slug) for r in requests})
+    rows = {r["key"]: dict(r) for r in conn.execute(_LOCK_ROWS, {"mks": keys}).mappings()}
+    changed: dict[str, dict[str, Any]] = {}
+    # Jobs admitted by earlier requests and not yet claimed: a recount cannot see them.
+    unclaimed: Counter[str] = Counter()
+    admissions = []
+    for request in requests:
+        model = rows.get(model_key(request.model_slug))
+        group = rows.get(model["group_key"]) if model and model["group_key"] else None
+        mine = sorted((r for r in (model, group) if r is not None), key=lambda r: r["key"])
+        admission = _decide(conn, mine, rows.get(CATALOG_KEY), request, changed, unclaimed)
+        if not request.claimed:
+            for key in admission.keys:
+                unclaimed[key] += admission.granted
+        admissions.append(admission)
+    if changed:
+        updates = [
+            _row_update(r, r["in_flight"], r["request_tat"], r["token_tat"])
+            for r in changed.values()
+        ]
+        conn.execute(_TAKE, _columns(updates))
+    return admissions
+
+
+def _decide(
+    conn: Connection,
+    limit_rows: list[dict[str, Any]],
+    catalog: dict[str, Any] | None,
+    request: Request,
+    changed: dict[str, dict[str, Any]],
+    unclaimed: Counter[str],
+) -> Admission:
+    """One request on locked rows: the rows are updated in place and put in `changed`."""
+    wanted, demand, turn = request.wanted, request.demand, request.turn
     if not limit_rows:
         return Admission(granted=wanted)
+    rows = limit_rows + ([catalog] if catalog is not None else [])
     now = float(rows[0]["now_s"])
     keys = tuple(r["key"] for r in limit_rows)
 
@@ -213,7 +268,7 @@ def admit(
         if r["key"].startswith("group:"):
             continue
         if r["budget_batch_usd"] is not None:
-            periods.append((r["key"], f"batch:{batch_key}", Decimal(r["budget_batch_usd"])))
+            periods.append((r["key"], f"batch:{request.batch_key}", Decimal(r["budget_batch_usd"])))
         if r["budget_day_usd"] is not None:
             periods.append((r["key"], f"day:{rows[0]['today']}", Decimal(r["budget_day_usd"])))
     granted, wait, reason = wanted, 0.0, None
@@ -239,10 +294,10 @@ def admit(
                     granted, wait = fits, RECHECK_SECONDS
                     reason = f"budget: {scope} near its {_money(cap)} cap"
 
-    updates: list[dict[str, Any]] = []
     rate_held = False
     for r in limit_rows:
-        free, recounted_at = _free_slots(conn, r, now, granted, wanted if claimed else 0)
+        own = (wanted if request.claimed else 0) - unclaimed[r["key"]]
+        free, recounted_at = _free_slots(conn, r, now, granted, own)
         r["recounted_at"] = recounted_at
         if free < granted:
             granted, wait = max(free, 0), SLOT_WAIT_SECONDS
@@ -285,12 +340,9 @@ def admit(
     elif turn is not None and granted < wanted:
         new_turn = now + wait  # keeps its place: only the rate itself holds it now
     if granted == 0:
-        changed = [r for r in limit_rows if r["recounted_at"] == now or (rate_held and _rated(r))]
-        if changed:  # a repaired count or handed-out turns are kept even when nothing starts
-            updates = [
-                _row_update(r, r["in_flight"], r["request_tat"], r["token_tat"]) for r in changed
-            ]
-            conn.execute(_TAKE, _columns(updates))
+        for r in limit_rows:  # a repaired count or handed-out turns are kept, nothing starts
+            if r["recounted_at"] == now or (rate_held and _rated(r)):
+                changed[r["key"]] = r
         return Admission(0, wait, reason, keys, turn=new_turn)
     for r in limit_rows:
         req_rate = effective(r["rpm"], r["rate_factor"])
@@ -301,8 +353,9 @@ def admit(
         token_tat = r["token_tat"]
         if tok_rate is not None:
             token_tat = max(token_tat, now) + granted * demand.tokens * 60.0 / tok_rate
-        updates.append(_row_update(r, r["in_flight"] + granted, request_tat, token_tat))
-    conn.execute(_TAKE, _columns(updates))
+        r["in_flight"] += granted
+        r["request_tat"], r["token_tat"] = request_tat, token_tat
+        changed[r["key"]] = r
     budget_periods = tuple((s, p) for s, p, _ in periods)
     if budget_periods and demand.cost_usd > 0:
         _add_spend(conn, budget_periods, demand.cost_usd * granted)
@@ -583,23 +636,6 @@ def release_many(conn: Connection, ended: Sequence[Ended]) -> None:
                 "amounts": list(spend.values()),
             },
         )
-
-
-_LOCK_MODELS = text(
-    """
-    SELECT key FROM flow_limits
-    WHERE key = ANY(CAST(:keys AS text[]))
-       OR key IN (SELECT group_key FROM flow_limits WHERE key = ANY(CAST(:keys AS text[])))
-    ORDER BY key FOR UPDATE
-    """
-)
-
-
-def lock_models(conn: Connection, slugs: Iterable[str]) -> None:
-    """Lock the rows of several models and their groups in key order, before admitting them
-    one by one in this transaction: two batches of the same models never wait on each other
-    in opposite orders."""
-    conn.execute(_LOCK_MODELS, {"keys": sorted({model_key(s) for s in slugs})})
 
 
 # --- pause and resume ---------------------------------------------------------------------------

@@ -477,3 +477,37 @@ def test_handler_answers_a_batch_with_its_failures(
         get_settings.cache_clear()
     assert result == {"batchItemFailures": [{"itemIdentifier": "bad"}]}
     assert statuses(engine) == {"succeeded": 2}
+
+
+def test_admitting_several_groups_at_once_never_exceeds_a_limit(
+    engine: Engine, settings: Settings
+) -> None:
+    """Two groups of one model in one transaction: the second's recount (the count looked
+    full) still sees the jobs the first was granted and has not yet claimed."""
+    from promptrun import limits
+
+    sync(engine, MIXED)
+    with engine.begin() as conn:
+        # A count leaked by dead workers (2 of 3 slots), not recounted for long.
+        conn.execute(
+            text(
+                "UPDATE flow_limits SET max_concurrency = 3, in_flight = 2, recounted_at = 0 "
+                "WHERE key = 'model:narrow'"
+            )
+        )
+    demand = limits.Demand(requests=2, tokens=100)
+    with engine.begin() as conn:
+        grants = limits.admit_many(
+            conn,
+            [
+                limits.Request("narrow", "batch-a", 1, demand),
+                limits.Request("narrow", "batch-b", 3, demand),
+                limits.Request("ok", "batch-a", 4, demand),
+            ],
+        )
+        assert [a.granted for a in grants] == [1, 2, 4]
+        in_flight = conn.execute(
+            text("SELECT in_flight FROM flow_limits WHERE key = 'model:narrow'")
+        ).scalar()
+    assert in_flight == 3
+    assert grants[1].reason is not None and grants[1].reason.startswith("max_concurrency")

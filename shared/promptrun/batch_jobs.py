@@ -35,7 +35,7 @@ _LOCK = text(
                GREATEST(0, EXTRACT(EPOCH FROM (j.next_attempt_at - now())))::float8 AS wait,
                GREATEST(0, EXTRACT(EPOCH FROM (j.lease_expires_at - now())))::float8 AS lease_left,
                {_CLAIMABLE} AS claimable
-        FROM prompt_jobs j WHERE j.id = ANY(CAST(:ids AS uuid[]))
+        FROM prompt_jobs j WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
         ORDER BY j.id FOR UPDATE
     )
     SELECT l.id, l.status, l.wait, l.lease_left, l.claimable,
@@ -67,10 +67,16 @@ _CLAIM = text(
         next_attempt_at = NULL,
         wait_reason = NULL,
         updated_at = now()
-    WHERE j.id = ANY(CAST(:ids AS uuid[])) AND {_CLAIMABLE}
+    WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {_CLAIMABLE}
     RETURNING j.id
     """
 )
+
+
+def _id_list(job_ids: Sequence[uuid.UUID]) -> str:
+    """Ids as one comma-separated text (string_to_array): pg8000 escapes an array's
+    elements character by character in Python."""
+    return ",".join(str(i) for i in job_ids)
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class Locked:
 def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Locked]:
     """The jobs among `job_ids` that exist, locked; ids not returned have no job."""
     found: dict[uuid.UUID, Locked] = {}
-    for row in conn.execute(_LOCK, {"ids": [str(i) for i in job_ids]}).mappings():
+    for row in conn.execute(_LOCK, {"ids": _id_list(job_ids)}).mappings():
         missing = row["version_id"] is None
         found[row["id"]] = Locked(
             id=row["id"],
@@ -112,7 +118,7 @@ def claim_batch(
     """Claim jobs `lock_batch` found claimable in this transaction; the ids claimed."""
     if not job_ids:
         return set()
-    rows = conn.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "lease": lease_seconds})
+    rows = conn.execute(_CLAIM, {"ids": _id_list(job_ids), "lease": lease_seconds})
     return {r[0] for r in rows}
 
 
@@ -125,7 +131,7 @@ _COMPLETE = text(
             AS t(id uuid, attempt int, inp int, out int, cost numeric)
     ), locked AS MATERIALIZED (
         -- by primary key, in id order: two finishing batches never wait on each other in turn
-        SELECT j.id FROM prompt_jobs j WHERE j.id = ANY(CAST(:ids AS uuid[]))
+        SELECT j.id FROM prompt_jobs j WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
         ORDER BY j.id FOR UPDATE
     ), done AS (
         UPDATE prompt_jobs j SET
@@ -137,7 +143,7 @@ _COMPLETE = text(
             output_tokens = COALESCE(j.output_tokens, 0) + v.out,
             cost_usd = COALESCE(j.cost_usd, 0) + v.cost
         FROM v
-        WHERE j.id = ANY(CAST(:ids AS uuid[])) AND j.id = v.id
+        WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND j.id = v.id
           AND j.id IN (SELECT id FROM locked)
           AND j.status = 'processing' AND j.attempt_count = v.attempt
         RETURNING j.id
@@ -192,7 +198,7 @@ def complete_batch(conn: Connection, finished: Sequence[Finished]) -> set[uuid.U
     responses = [f.answer.response_row(f.job) for f in finished]
     mentions = [m for f in finished for m in f.answer.mention_rows(f.job)]
     params: dict[str, Any] = {
-        "ids": [j["id"] for j in jobs],
+        "ids": _id_list([f.job.id for f in finished]),
         "jobs": json.dumps(jobs),
         "responses": json.dumps(responses, default=str),
         "mentions": json.dumps(mentions, default=str),

@@ -118,7 +118,7 @@ def claim_job(conn: Connection, job_id: uuid.UUID, lease_seconds: int) -> Claime
 
 
 def claimed_from_row(row: Any) -> ClaimedJob:
-    """A claimed job from the columns _CLAIM returns (promptrun.batch_claim returns the same)."""
+    """A claimed job from the columns _CLAIM returns (promptrun.batch_jobs returns the same)."""
     model = _model_ref(row, "")
     return ClaimedJob(
         id=row["id"],

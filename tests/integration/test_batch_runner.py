@@ -511,3 +511,74 @@ def test_admitting_several_groups_at_once_never_exceeds_a_limit(
         ).scalar()
     assert in_flight == 3
     assert grants[1].reason is not None and grants[1].reason.startswith("max_concurrency")
+
+
+def test_errors_in_a_batch_take_the_per_job_path(
+    engine: Engine, settings: Settings, sqs: Any
+) -> None:
+    """A 429 retried (a delayed message, the record acknowledged), a permanent error failed, a
+    job whose last attempt's worker died failed as exhausted; the rest of the batch stored;
+    every slot released."""
+    sync(
+        engine,
+        """
+models:
+  - {slug: ok, provider: offline, model: ok-1, max_concurrency: 5}
+  - {slug: flaky, provider: offline, model: f-1, max_concurrency: 5,
+     params: {simulate_error: rate_limit, simulate_error_attempts: 1, retry_after: 2}}
+  - {slug: broken, provider: offline, model: b-1, max_concurrency: 5, params: {simulate_error: auth}}
+prompts:
+  - {slug: p, text: "Which CRM?", schedule: daily, runs: 2}
+""",
+    )
+    fan_out(engine, settings)
+    receive_all(sqs, settings.jobs_queue_url, delete=True)
+    ok = job_ids(engine, "m.slug = 'ok'")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE prompt_jobs SET status = 'processing', attempt_count = max_attempts, "
+                "lease_expires_at = now() - interval '1 minute' WHERE id = :i"
+            ),
+            {"i": ok[1]},
+        )
+    named = {
+        "ok": ok[0],
+        "dead": ok[1],
+        "flaky": job_ids(engine, "m.slug = 'flaky'")[0],
+        "broken": job_ids(engine, "m.slug = 'broken'")[0],
+    }
+    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    result = runner.run([Record(m, body(j), f"rh-{m}") for m, j in named.items()])
+    assert result.failed == []
+    assert result.outcomes == {
+        "ok": Outcome.SUCCEEDED,
+        "dead": Outcome.FAILED,
+        "flaky": Outcome.RETRYING,
+        "broken": Outcome.FAILED,
+    }
+    rows = {r["id"]: r for r in _rows(engine)}
+    assert rows[named["dead"]]["error_kind"] == "attempts_exhausted"
+    assert (rows[named["broken"]]["status"], rows[named["broken"]]["error_kind"]) == (
+        "failed",
+        "auth",
+    )
+    flaky = rows[named["flaky"]]
+    assert (flaky["status"], flaky["attempt_count"], flaky["error_kind"]) == (
+        "queued",
+        1,
+        "rate_limit",
+    )
+    assert delayed(sqs, settings.jobs_queue_url) == 1  # the retry's own message
+    with engine.connect() as conn:
+        limits_rows = {
+            r[0]: r[1]
+            for r in conn.execute(
+                text("SELECT key, in_flight FROM flow_limits WHERE key LIKE 'model:%'")
+            )
+        }
+        throttled = conn.execute(
+            text("SELECT throttled FROM flow_limits WHERE key = 'model:flaky'")
+        ).scalar()
+    assert limits_rows == {"model:ok": 0, "model:flaky": 0, "model:broken": 0}
+    assert throttled == 1  # the 429 slowed the model down for every processor

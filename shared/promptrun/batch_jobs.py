@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from promptrun import limits
 from promptrun.jobs import ClaimedJob, Usage, claimed_from_row
 from promptrun.model_call import Answer
 
@@ -57,8 +58,7 @@ _LOCK = text(
     """
 )
 
-_CLAIM = text(
-    f"""
+_CLAIM_SQL = f"""
     UPDATE prompt_jobs j SET
         status = 'processing',
         attempt_count = j.attempt_count + 1,
@@ -69,8 +69,10 @@ _CLAIM = text(
         updated_at = now()
     WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {_CLAIMABLE}
     RETURNING j.id
-    """
-)
+"""
+_CLAIM = text(_CLAIM_SQL)
+# The admission's rows written by the same statement (locked already, by limits.decide_many).
+_TAKE_AND_CLAIM = text(f"WITH take AS ({limits.TAKE_SQL}) {_CLAIM_SQL}")
 
 
 def _id_list(job_ids: Sequence[uuid.UUID]) -> str:
@@ -113,13 +115,21 @@ def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID
 
 
 def claim_batch(
-    conn: Connection, job_ids: Sequence[uuid.UUID], lease_seconds: int
+    conn: Connection,
+    job_ids: Sequence[uuid.UUID],
+    lease_seconds: int,
+    taken: limits.Taken | None = None,
 ) -> set[uuid.UUID]:
-    """Claim jobs `lock_batch` found claimable in this transaction; the ids claimed."""
+    """Claim jobs `lock_batch` found claimable in this transaction, and write what their
+    admission took (`taken`), one statement; the ids claimed."""
     if not job_ids:
+        if taken is not None:
+            limits.write(conn, taken)
         return set()
-    rows = conn.execute(_CLAIM, {"ids": _id_list(job_ids), "lease": lease_seconds})
-    return {r[0] for r in rows}
+    params: dict[str, Any] = {"ids": _id_list(job_ids), "lease": lease_seconds}
+    if taken is not None and taken.params:
+        return {r[0] for r in conn.execute(_TAKE_AND_CLAIM, {**params, **taken.params})}
+    return {r[0] for r in conn.execute(_CLAIM, params)}
 
 
 # The rows travel as three JSON documents (one json.dumps each): pg8000 would escape every

@@ -176,9 +176,9 @@ class BatchRunner:
                     broken.append(job_id)
                 else:
                     runnable.append(locked)
-            admitted = self._admit(conn, runnable, pending, waits)
+            admitted, taken = self._admit(conn, runnable, pending, waits)
             claimed = batch_jobs.claim_batch(
-                conn, [a.job.id for a in admitted], self.settings.lease_seconds
+                conn, [a.job.id for a in admitted], self.settings.lease_seconds, taken
             )
         attempts = [a for a in admitted if a.job.id in claimed]
         for job_id in pending:
@@ -226,9 +226,10 @@ class BatchRunner:
         runnable: list[Locked],
         pending: dict[uuid.UUID, tuple[Record, float | None]],
         waits: dict[uuid.UUID, RetryLater],
-    ) -> list[_Attempt]:
+    ) -> tuple[list[_Attempt], limits.Taken | None]:
         """Admit the jobs per (model, batch, turn) in this transaction: those beyond what
-        their limits allow now are left queued, with the reason written on them."""
+        their limits allow now are left queued, with the reason written on them. What the
+        admitted took is written with their claim (batch_jobs.claim_batch)."""
         admitted: list[_Attempt] = []
         groups: dict[tuple[str, str, float | None], list[ClaimedJob]] = {}
         for locked in runnable:
@@ -248,7 +249,8 @@ class BatchRunner:
             limits.Request(slug, batch_key, len(group), demand, turn=turn)
             for ((slug, batch_key, turn), group), demand in zip(ordered, demands, strict=True)
         ]
-        admissions = limits.admit_many(conn, requests) if requests else []
+        taken = limits.decide_many(conn, requests) if requests else None
+        admissions = taken.admissions if taken is not None else []
         for (_, group), demand, admission in zip(ordered, demands, admissions, strict=True):
             lease = limits.Lease.of(admission, demand)
             admitted.extend(_Attempt(job, lease) for job in group[: admission.granted])
@@ -265,7 +267,7 @@ class BatchRunner:
                     else spread(admission.wait_seconds)
                 )
                 waits[job.id] = RetryLater(delay, reason, turn=admission.turn)
-        return admitted
+        return admitted, taken
 
     def _attempts(
         self, attempts: list[_Attempt], remaining_ms: Callable[[], int] | None

@@ -153,8 +153,8 @@ _RECOUNT = text(
 _SPENT = text(
     "SELECT scope, period, spent_usd FROM budget_spend WHERE (scope || ' ' || period) = ANY(:pairs)"
 )
-_TAKE = text(
-    """
+# Also run inside the statement that claims a batch's jobs (promptrun.batch_jobs).
+TAKE_SQL = """
     UPDATE flow_limits AS f SET
         in_flight = v.in_flight, request_tat = v.request_tat, token_tat = v.token_tat,
         recounted_at = v.recounted_at, queue_tat = v.queue_tat
@@ -165,8 +165,8 @@ _TAKE = text(
                  unnest(CAST(:recounted_at AS float8[])) AS recounted_at,
                  unnest(CAST(:queue_tat AS float8[])) AS queue_tat) v
     WHERE f.key = v.key
-    """
-)
+"""
+_TAKE = text(TAKE_SQL)
 _RESERVE = text(
     """
     INSERT INTO budget_spend (scope, period, spent_usd, updated_at)
@@ -217,6 +217,27 @@ def admit_many(conn: Connection, requests: Sequence[Request]) -> list[Admission]
     """`admit` for several models at once (a whole SQS batch): one statement locks every row
     they need in key order, each request is decided on the rows as the ones before it left
     them, one statement writes them all. An Admission per request, in order."""
+    taken = decide_many(conn, requests)
+    write(conn, taken)
+    return taken.admissions
+
+
+@dataclass(frozen=True)
+class Taken:
+    """Admissions decided on locked rows whose new state is not written yet: `write` it, or
+    run TAKE_SQL with `params` in another statement of the same transaction."""
+
+    admissions: list[Admission]
+    params: dict[str, list[Any]] | None  # None: no row changed
+
+
+def write(conn: Connection, taken: Taken) -> None:
+    if taken.params:
+        conn.execute(_TAKE, taken.params)
+
+
+def decide_many(conn: Connection, requests: Sequence[Request]) -> Taken:
+    """`admit_many` without its last statement."""
     keys = sorted({model_key(r.model_slug) for r in requests})
     rows = {r["key"]: dict(r) for r in conn.execute(_LOCK_ROWS, {"mks": keys}).mappings()}
     changed: dict[str, dict[str, Any]] = {}
@@ -232,13 +253,10 @@ def admit_many(conn: Connection, requests: Sequence[Request]) -> list[Admission]
             for key in admission.keys:
                 unclaimed[key] += admission.granted
         admissions.append(admission)
-    if changed:
-        updates = [
-            _row_update(r, r["in_flight"], r["request_tat"], r["token_tat"])
-            for r in changed.values()
-        ]
-        conn.execute(_TAKE, _columns(updates))
-    return admissions
+    updates = [
+        _row_update(r, r["in_flight"], r["request_tat"], r["token_tat"]) for r in changed.values()
+    ]
+    return Taken(admissions, _columns(updates) if updates else None)
 
 
 def _decide(

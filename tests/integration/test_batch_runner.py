@@ -402,9 +402,9 @@ prompts:
         result = runner.run(records[1:])
         ran = next(trips)
         assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 9}
-        # BEGIN rides with the first statement; lock + 2 admission + claim + commit,
-        # then store-and-complete + release + commit.
-        assert ran <= 8, ran
+        # BEGIN rides with the first statement; lock jobs, lock limits, take-and-claim,
+        # commit; then store-and-complete, release, commit.
+        assert ran <= 7, ran
         trips, counted = count_trips()
         monkeypatch.setattr(pg8000_fast, "_flush", counted)
         result = runner.run(records)  # all done already: nothing to claim

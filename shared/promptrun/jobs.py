@@ -114,6 +114,11 @@ def claim_job(conn: Connection, job_id: uuid.UUID, lease_seconds: int) -> Claime
         raise PromptrunError(
             f"job {job_id} records prompt version {row['prompt_version']}, which is not stored"
         )
+    return claimed_from_row(row)
+
+
+def claimed_from_row(row: Any) -> ClaimedJob:
+    """A claimed job from the columns _CLAIM returns (promptrun.batch_jobs returns the same)."""
     model = _model_ref(row, "")
     return ClaimedJob(
         id=row["id"],

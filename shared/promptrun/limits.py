@@ -24,6 +24,7 @@ in flight. `admit` grants up to `wanted` jobs of one model at once (a whole SQS 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -127,7 +128,8 @@ _LOCK_ROWS = text(
     """
     WITH locked AS (
         SELECT * FROM flow_limits
-        WHERE key = :mk OR key = (SELECT group_key FROM flow_limits WHERE key = :mk)
+        WHERE key = ANY(CAST(:mks AS text[]))
+           OR key IN (SELECT group_key FROM flow_limits WHERE key = ANY(CAST(:mks AS text[])))
         ORDER BY key FOR UPDATE
     )
     SELECT l.*, EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now_s,
@@ -151,8 +153,8 @@ _RECOUNT = text(
 _SPENT = text(
     "SELECT scope, period, spent_usd FROM budget_spend WHERE (scope || ' ' || period) = ANY(:pairs)"
 )
-_TAKE = text(
-    """
+# Also run inside the statement that claims a batch's jobs (promptrun.batch_jobs).
+TAKE_SQL = """
     UPDATE flow_limits AS f SET
         in_flight = v.in_flight, request_tat = v.request_tat, token_tat = v.token_tat,
         recounted_at = v.recounted_at, queue_tat = v.queue_tat
@@ -163,8 +165,8 @@ _TAKE = text(
                  unnest(CAST(:recounted_at AS float8[])) AS recounted_at,
                  unnest(CAST(:queue_tat AS float8[])) AS queue_tat) v
     WHERE f.key = v.key
-    """
-)
+"""
+_TAKE = text(TAKE_SQL)
 _RESERVE = text(
     """
     INSERT INTO budget_spend (scope, period, spent_usd, updated_at)
@@ -195,10 +197,81 @@ def admit(
     marked these jobs processing in this transaction (a recount sees them). `turn`: the turn
     an earlier admission gave these jobs. Rows missing (a model synced before limits
     existed): no limits."""
-    rows = [dict(r) for r in conn.execute(_LOCK_ROWS, {"mk": model_key(model_slug)}).mappings()]
-    limit_rows = [r for r in rows if r["key"] != CATALOG_KEY]
+    request = Request(model_slug, batch_key, wanted, demand, claimed=claimed, turn=turn)
+    return admit_many(conn, [request])[0]
+
+
+@dataclass(frozen=True)
+class Request:
+    """Jobs of one model and batch to admit (the arguments of `admit`)."""
+
+    model_slug: str
+    batch_key: str
+    wanted: int
+    demand: Demand
+    claimed: bool = False
+    turn: float | None = None
+
+
+def admit_many(conn: Connection, requests: Sequence[Request]) -> list[Admission]:
+    """`admit` for several models at once (a whole SQS batch): one statement locks every row
+    they need in key order, each request is decided on the rows as the ones before it left
+    them, one statement writes them all. An Admission per request, in order."""
+    taken = decide_many(conn, requests)
+    write(conn, taken)
+    return taken.admissions
+
+
+@dataclass(frozen=True)
+class Taken:
+    """Admissions decided on locked rows whose new state is not written yet: `write` it, or
+    run TAKE_SQL with `params` in another statement of the same transaction."""
+
+    admissions: list[Admission]
+    params: dict[str, list[Any]] | None  # None: no row changed
+
+
+def write(conn: Connection, taken: Taken) -> None:
+    if taken.params:
+        conn.execute(_TAKE, taken.params)
+
+
+def decide_many(conn: Connection, requests: Sequence[Request]) -> Taken:
+    """`admit_many` without its last statement."""
+    keys = sorted({model_key(r.model_slug) for r in requests})
+    rows = {r["key"]: dict(r) for r in conn.execute(_LOCK_ROWS, {"mks": keys}).mappings()}
+    changed: dict[str, dict[str, Any]] = {}
+    # Jobs admitted by earlier requests and not yet claimed: a recount cannot see them.
+    unclaimed: Counter[str] = Counter()
+    admissions = []
+    for request in requests:
+        model = rows.get(model_key(request.model_slug))
+        group = rows.get(model["group_key"]) if model and model["group_key"] else None
+        mine = sorted((r for r in (model, group) if r is not None), key=lambda r: r["key"])
+        admission = _decide(conn, mine, rows.get(CATALOG_KEY), request, changed, unclaimed)
+        if not request.claimed:
+            for key in admission.keys:
+                unclaimed[key] += admission.granted
+        admissions.append(admission)
+    updates = [
+        _row_update(r, r["in_flight"], r["request_tat"], r["token_tat"]) for r in changed.values()
+    ]
+    return Taken(admissions, _columns(updates) if updates else None)
+
+
+def _decide(
+    conn: Connection,
+    limit_rows: list[dict[str, Any]],
+    catalog: dict[str, Any] | None,
+    request: Request,
+    changed: dict[str, dict[str, Any]],
+    unclaimed: Counter[str],
+) -> Admission:
+    """One request on locked rows: the rows are updated in place and put in `changed`."""
+    wanted, demand, turn = request.wanted, request.demand, request.turn
     if not limit_rows:
         return Admission(granted=wanted)
+    rows = limit_rows + ([catalog] if catalog is not None else [])
     now = float(rows[0]["now_s"])
     keys = tuple(r["key"] for r in limit_rows)
 
@@ -213,7 +286,7 @@ def admit(
         if r["key"].startswith("group:"):
             continue
         if r["budget_batch_usd"] is not None:
-            periods.append((r["key"], f"batch:{batch_key}", Decimal(r["budget_batch_usd"])))
+            periods.append((r["key"], f"batch:{request.batch_key}", Decimal(r["budget_batch_usd"])))
         if r["budget_day_usd"] is not None:
             periods.append((r["key"], f"day:{rows[0]['today']}", Decimal(r["budget_day_usd"])))
     granted, wait, reason = wanted, 0.0, None
@@ -239,10 +312,10 @@ def admit(
                     granted, wait = fits, RECHECK_SECONDS
                     reason = f"budget: {scope} near its {_money(cap)} cap"
 
-    updates: list[dict[str, Any]] = []
     rate_held = False
     for r in limit_rows:
-        free, recounted_at = _free_slots(conn, r, now, granted, wanted if claimed else 0)
+        own = (wanted if request.claimed else 0) - unclaimed[r["key"]]
+        free, recounted_at = _free_slots(conn, r, now, granted, own)
         r["recounted_at"] = recounted_at
         if free < granted:
             granted, wait = max(free, 0), SLOT_WAIT_SECONDS
@@ -285,12 +358,9 @@ def admit(
     elif turn is not None and granted < wanted:
         new_turn = now + wait  # keeps its place: only the rate itself holds it now
     if granted == 0:
-        changed = [r for r in limit_rows if r["recounted_at"] == now or (rate_held and _rated(r))]
-        if changed:  # a repaired count or handed-out turns are kept even when nothing starts
-            updates = [
-                _row_update(r, r["in_flight"], r["request_tat"], r["token_tat"]) for r in changed
-            ]
-            conn.execute(_TAKE, _columns(updates))
+        for r in limit_rows:  # a repaired count or handed-out turns are kept, nothing starts
+            if r["recounted_at"] == now or (rate_held and _rated(r)):
+                changed[r["key"]] = r
         return Admission(0, wait, reason, keys, turn=new_turn)
     for r in limit_rows:
         req_rate = effective(r["rpm"], r["rate_factor"])
@@ -301,8 +371,9 @@ def admit(
         token_tat = r["token_tat"]
         if tok_rate is not None:
             token_tat = max(token_tat, now) + granted * demand.tokens * 60.0 / tok_rate
-        updates.append(_row_update(r, r["in_flight"] + granted, request_tat, token_tat))
-    conn.execute(_TAKE, _columns(updates))
+        r["in_flight"] += granted
+        r["request_tat"], r["token_tat"] = request_tat, token_tat
+        changed[r["key"]] = r
     budget_periods = tuple((s, p) for s, p, _ in periods)
     if budget_periods and demand.cost_usd > 0:
         _add_spend(conn, budget_periods, demand.cost_usd * granted)
@@ -481,6 +552,108 @@ def release(
     delta = cost_usd - lease.demand.cost_usd
     if lease.budget_periods and delta != 0:
         _add_spend(conn, lease.budget_periods, delta)
+
+
+_RELEASE_MANY = text(
+    """
+    UPDATE flow_limits AS f SET
+        in_flight = GREATEST(f.in_flight - v.calls, 0),
+        token_tat = CASE WHEN f.tpm IS NULL THEN f.token_tat
+                         ELSE f.token_tat + v.token_delta * 60.0
+                              / (f.tpm * CAST(:share AS float8) * f.rate_factor) END,
+        rate_factor = CASE WHEN v.successes > 0
+                           THEN LEAST(1.0, f.rate_factor
+                                + v.successes / GREATEST(CAST(:min_steps AS float8),
+                                                         COALESCE(f.rpm, 40) / CAST(:divisor AS float8)))
+                           ELSE f.rate_factor END,
+        updated_at = now()
+    FROM (SELECT unnest(CAST(:keys AS text[])) AS key, unnest(CAST(:calls AS int[])) AS calls,
+                 unnest(CAST(:token_delta AS float8[])) AS token_delta,
+                 unnest(CAST(:successes AS int[])) AS successes) v
+    WHERE f.key = v.key AND f.key IN (
+        SELECT key FROM flow_limits WHERE key = ANY(CAST(:keys AS text[])) ORDER BY key FOR UPDATE)
+    """
+)
+_RECONCILE_SPEND = text(
+    """
+    INSERT INTO budget_spend (scope, period, spent_usd, updated_at)
+    SELECT s, p, sum(a), now()
+    FROM unnest(CAST(:scopes AS text[]), CAST(:periods AS text[]), CAST(:amounts AS numeric[]))
+         AS t(s, p, a)
+    GROUP BY s, p ORDER BY s, p
+    ON CONFLICT (scope, period) DO UPDATE
+    SET spent_usd = budget_spend.spent_usd + EXCLUDED.spent_usd, updated_at = now()
+    """
+)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """One call's release (the arguments of `release`), for `release_many`."""
+
+    lease: Lease
+    tokens_used: int
+    cost_usd: Decimal
+    succeeded: bool
+    throttled_for: float | None = None
+    quota_wait: float | None = None
+
+
+def release_many(conn: Connection, ended: Sequence[Ended]) -> None:
+    """`release` for many calls at once: one statement for every row's slots, tokens and
+    rate (rows locked in key order), one for the budgets; a 429 or a quota hint adds its own."""
+    ended = [e for e in ended if e.lease.keys]
+    if not ended:
+        return
+    rows: dict[str, list[float]] = {}  # key -> [calls, token delta, successes]
+    spend: dict[tuple[str, str], Decimal] = {}
+    for e in ended:
+        delta = float(e.tokens_used - e.lease.demand.tokens) if e.tokens_used else 0.0
+        for key in e.lease.keys:
+            row = rows.setdefault(key, [0, 0.0, 0])
+            row[0] += 1
+            row[1] += delta
+            row[2] += 1 if e.succeeded else 0
+        cost_delta = e.cost_usd - e.lease.demand.cost_usd
+        for period in e.lease.budget_periods if cost_delta != 0 else ():
+            spend[period] = spend.get(period, Decimal(0)) + cost_delta
+    conn.execute(
+        _RELEASE_MANY,
+        {
+            "keys": list(rows),
+            "calls": [int(r[0]) for r in rows.values()],
+            "token_delta": [r[1] for r in rows.values()],
+            "successes": [int(r[2]) for r in rows.values()],
+            "share": TARGET_SHARE,
+            "min_steps": INCREASE_MIN_STEPS,
+            "divisor": INCREASE_DIVISOR,
+        },
+    )
+    for e in ended:  # rare: the rows are already locked by the statement above
+        keys = list(e.lease.keys)
+        if e.quota_wait and e.throttled_for is None:
+            conn.execute(_HOLD, {"keys": keys, "wait": float(e.quota_wait)})
+        if e.throttled_for is not None:
+            conn.execute(
+                _THROTTLE,
+                {
+                    "keys": keys,
+                    "cooldown": DECREASE_COOLDOWN,
+                    "min_factor": MIN_RATE_FACTOR,
+                    "decrease": DECREASE_FACTOR,
+                    "wait": float(e.throttled_for),
+                    "burst": BURST_SECONDS,
+                },
+            )
+    if spend:
+        conn.execute(
+            _RECONCILE_SPEND,
+            {
+                "scopes": [s for s, _ in spend],
+                "periods": [p for _, p in spend],
+                "amounts": list(spend.values()),
+            },
+        )
 
 
 # --- pause and resume ---------------------------------------------------------------------------

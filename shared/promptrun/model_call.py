@@ -10,13 +10,13 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert
 
 from promptrun import jobs, limits
 from promptrun.db.models import EntityMention, Response
-from promptrun.extraction import ExtractionResult, normalize_entities
+from promptrun.extraction import ExtractionResult, NormalizedEntity, normalize_entities
 from promptrun.jobs import ClaimedJob, ModelRef
-from promptrun.providers import ErrorKind, ModelCall, Provider, ProviderError
+from promptrun.providers import Completion, ErrorKind, ModelCall, Provider, ProviderError
 from promptrun.settings import Settings
 
 # Seconds kept back from the Lambda's remaining time, to write the outcome after a timeout.
@@ -90,6 +90,34 @@ class ModelCaller:
     ) -> tuple[int, int]:
         """Answer, extract, store and complete; (entities, latency ms). Raises ProviderError
         (spent holds what the failed calls billed) or StaleAttempt."""
+        answer = self.call(job, remaining_ms, spent)
+        self.finish(job, answer, spent, lease)
+        return len(answer.entities), answer.latency_ms
+
+    def finish(
+        self, job: ClaimedJob, answer: Answer, spent: jobs.Usage, lease: limits.Lease | None
+    ) -> None:
+        """Store the answer and complete the job, one transaction. Raises StaleAttempt."""
+        with self.engine.begin() as conn:
+            store(conn, job, answer)
+            if not jobs.complete_job(conn, job, spent):
+                # Raising rolls back the response and mentions written above.
+                raise StaleAttempt()
+            limits.release(
+                conn,
+                lease,
+                tokens_used=spent.input_tokens + spent.output_tokens,
+                cost_usd=spent.cost_usd,
+                succeeded=answer.throttled is None,
+                throttled_for=answer.throttled,
+                quota_wait=answer.quota_wait,
+            )
+
+    def call(
+        self, job: ClaimedJob, remaining_ms: Callable[[], int] | None, spent: jobs.Usage
+    ) -> Answer:
+        """The answer and its extraction, nothing stored. Raises ProviderError (spent holds
+        what the failed calls billed)."""
         seed = f"{job.batch_key}:{job.run_index}"
         started = time.monotonic()
         try:
@@ -132,52 +160,62 @@ class ModelCaller:
             raise ProviderError(
                 ErrorKind.VALIDATION, f"extraction result invalid: {exc.errors()[0]['msg']}"
             ) from None
-        entities = normalize_entities(result.entities)
-        input_tokens = completion.input_tokens + extraction.input_tokens
-        output_tokens = completion.output_tokens + extraction.output_tokens
+        return Answer(
+            completion=completion,
+            entities=normalize_entities(result.entities),
+            latency_ms=latency_ms,
+            input_tokens=completion.input_tokens + extraction.input_tokens,
+            output_tokens=completion.output_tokens + extraction.output_tokens,
+            throttled=throttled,
+            quota_wait=completion.quota_wait,
+        )
 
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(Response).values(
-                    job_id=job.id,
-                    answer_text=completion.text,
-                    structured={"entities": [e.model_dump() for e in entities]},
-                    provider_response_id=completion.response_id,
-                    finish_reason=completion.finish_reason,
-                    latency_ms=latency_ms,
-                    input_tokens=input_tokens,
-                    output_tokens=output_tokens,
-                )
-            )
-            if entities:
-                conn.execute(
-                    insert(EntityMention),
-                    [
-                        {
-                            "job_id": job.id,
-                            "prompt_id": job.prompt_id,
-                            "model_id": job.model_id,
-                            "batch_key": job.batch_key,
-                            "name": e.name,
-                            "display_name": e.display_name,
-                            "entity_type": e.type,
-                            "rank": e.rank,
-                            "sentiment": e.sentiment,
-                            "snippet": e.snippet,
-                        }
-                        for e in entities
-                    ],
-                )
-            if not jobs.complete_job(conn, job, spent):
-                # Raising rolls back the response and mentions written above.
-                raise StaleAttempt()
-            limits.release(
-                conn,
-                lease,
-                tokens_used=spent.input_tokens + spent.output_tokens,
-                cost_usd=spent.cost_usd,
-                succeeded=throttled is None,
-                throttled_for=throttled,
-                quota_wait=completion.quota_wait,
-            )
-        return len(entities), latency_ms
+
+@dataclass(frozen=True)
+class Answer:
+    """One attempt's calls, done: what is stored with the job."""
+
+    completion: Completion
+    entities: list[NormalizedEntity]
+    latency_ms: int
+    input_tokens: int
+    output_tokens: int
+    throttled: float | None  # seconds an extraction waited out a 429 (the rate adapts)
+    quota_wait: float | None
+
+    def response_row(self, job: ClaimedJob) -> dict[str, Any]:
+        return {
+            "job_id": job.id,
+            "answer_text": self.completion.text,
+            "structured": {"entities": [e.model_dump() for e in self.entities]},
+            "provider_response_id": self.completion.response_id,
+            "finish_reason": self.completion.finish_reason,
+            "latency_ms": self.latency_ms,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+    def mention_rows(self, job: ClaimedJob) -> list[dict[str, Any]]:
+        return [
+            {
+                "job_id": job.id,
+                "prompt_id": job.prompt_id,
+                "model_id": job.model_id,
+                "batch_key": job.batch_key,
+                "name": e.name,
+                "display_name": e.display_name,
+                "entity_type": e.type,
+                "rank": e.rank,
+                "sentiment": e.sentiment,
+                "snippet": e.snippet,
+            }
+            for e in self.entities
+        ]
+
+
+def store(conn: Connection, job: ClaimedJob, answer: Answer) -> None:
+    """The response and its mentions (the caller completes the job in the same transaction)."""
+    conn.execute(insert(Response).values(**answer.response_row(job)))
+    mentions = answer.mention_rows(job)
+    if mentions:
+        conn.execute(insert(EntityMention), mentions)

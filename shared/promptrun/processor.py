@@ -211,7 +211,7 @@ class JobRunner:
         }
         if not job.model_enabled:
             # Disabled in the catalogue after the fan-out: not run, and said so.
-            return self._end_unrun(
+            return self.end_unrun(
                 job,
                 ErrorKind.CONFIG,
                 f"model {job.model_slug} is disabled in the catalogue",
@@ -224,10 +224,10 @@ class JobRunner:
             logger.warning("a newer attempt owns the job; result discarded", extra=log)
             return Outcome.STALE
         except ProviderError as err:
-            return self._on_error(job, err, log, spent, lease)
+            return self.on_error(job, err, log, spent, lease)
         except Exception as exc:  # a bug or an unexpected library error: retried, then failed
             logger.exception("unexpected error", extra=log)
-            return self._on_error(
+            return self.on_error(
                 job,
                 ProviderError(ErrorKind.INTERNAL, redact(f"{type(exc).__name__}: {exc}")),
                 log,
@@ -238,7 +238,7 @@ class JobRunner:
         logger.info("job succeeded", extra={**log, "entities": entities, "latency_ms": latency_ms})
         return Outcome.SUCCEEDED
 
-    def _end_unrun(
+    def end_unrun(
         self, job: ClaimedJob, kind: ErrorKind, message: str, status: JobStatus
     ) -> Outcome:
         """Finish a claimed job without calling the model."""
@@ -246,7 +246,7 @@ class JobRunner:
             jobs.fail_job(conn, job, error_kind=kind, error_message=message, status=status)
         return Outcome.SKIPPED if status == JobStatus.SKIPPED else Outcome.FAILED
 
-    def _on_error(
+    def on_error(
         self,
         job: ClaimedJob,
         err: ProviderError,

@@ -104,3 +104,16 @@ def test_an_empty_transaction_leaves_nothing_for_an_autocommit_statement(fast: E
         auto = conn.execution_options(isolation_level="AUTOCOMMIT")
         # VACUUM refuses to run inside a transaction block: none was opened behind its back.
         auto.execute(text("VACUUM pg_class"))
+
+
+def test_large_statements_are_not_held_back_by_nagle(fast: Engine) -> None:
+    """A statement larger than the socket buffer goes out in several writes: with Nagle's
+    algorithm on, the last would wait for the server's delayed ACK."""
+    import socket
+
+    with fast.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert isinstance(raw, pg8000_fast.Connection)
+        assert raw._usock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        big = "x" * 100_000
+        assert conn.execute(text("SELECT length(:v)"), {"v": big}).scalar() == 100_000

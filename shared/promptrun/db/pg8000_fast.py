@@ -9,12 +9,15 @@ the SQL text character by character on every call to turn `%s` into `$n`. Here:
   an error anywhere makes the server skip to the Sync, as before.
 - BEGIN is held back and sent in the same packet as the transaction's first statement.
 - The `%s` -> `$n` conversion is remembered per SQL text (the texts are a fixed set).
+- TCP_NODELAY: a statement larger than the socket buffer leaves in several writes, and Nagle's
+  algorithm would hold the last one for the server's delayed ACK (about 40 ms each time).
 
 Statements stay unnamed, so nothing is prepared server-side: nothing for RDS Proxy to pin.
 """
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from typing import Any
 
@@ -45,6 +48,11 @@ class Connection(pg8000.legacy.Connection):
     """pg8000's DB-API connection, one round trip per statement (BEGIN included)."""
 
     _begin_pending = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self._usock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+            self._usock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def execute_simple(self, statement: str) -> Context:
         if statement == _BEGIN and not self._in_transaction:

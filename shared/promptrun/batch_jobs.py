@@ -1,0 +1,216 @@
+"""The job state machine for a whole SQS batch, a statement per step instead of per job.
+
+- `lock_batch`: the rows of every job id, locked in id order (two batches sharing ids never
+  wait on each other in opposite orders), with what a claim needs and whether each may be
+  claimed now; admission (limits.admit) runs on what it returns, in the same transaction.
+- `claim_batch`: the admitted ones marked processing, each guarded as jobs.claim_job is.
+- `complete_batch`: responses, mentions and completions in one statement, each job guarded
+  by its claimed attempt: a job a newer attempt owns gets nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from promptrun import limits
+from promptrun.jobs import ClaimedJob, Usage, claimed_from_row
+from promptrun.model_call import Answer
+
+_CLAIMABLE = """
+    ((j.status = 'queued' AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= now()))
+     OR (j.status = 'processing' AND j.lease_expires_at < now()
+         AND j.cancel_requested_at IS NULL AND j.attempt_count < j.max_attempts))
+"""
+
+_LOCK = text(
+    f"""
+    WITH locked AS MATERIALIZED (
+        SELECT j.id, j.status, j.attempt_count, j.max_attempts, j.run_index, j.batch_key,
+               j.prompt_id, j.model_id, j.prompt_version,
+               GREATEST(0, EXTRACT(EPOCH FROM (j.next_attempt_at - now())))::float8 AS wait,
+               GREATEST(0, EXTRACT(EPOCH FROM (j.lease_expires_at - now())))::float8 AS lease_left,
+               {_CLAIMABLE} AS claimable
+        FROM prompt_jobs j WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
+        ORDER BY j.id FOR UPDATE
+    )
+    SELECT l.id, l.status, l.wait, l.lease_left, l.claimable,
+           l.attempt_count >= l.max_attempts AS exhausted,
+           l.attempt_count + 1 AS attempt_count, l.max_attempts, l.run_index, l.batch_key,
+           p.id AS prompt_id, p.slug AS prompt_slug, v.text AS prompt_text, v.system_text,
+           l.prompt_version, v.id AS version_id,
+           m.id AS model_id, m.enabled AS model_enabled,
+           m.slug, m.provider, m.provider_model, m.base_url, m.params,
+           m.price_input_per_mtok, m.price_output_per_mtok,
+           e.slug AS e_slug, e.provider AS e_provider, e.provider_model AS e_provider_model,
+           e.base_url AS e_base_url, e.params AS e_params,
+           e.price_input_per_mtok AS e_price_input_per_mtok,
+           e.price_output_per_mtok AS e_price_output_per_mtok
+    FROM locked l JOIN prompts p ON p.id = l.prompt_id JOIN models m ON m.id = l.model_id
+    -- the job runs the version it records, never the prompt's current text
+    LEFT JOIN prompt_versions v ON v.prompt_id = l.prompt_id AND v.version = l.prompt_version
+    LEFT JOIN models e ON e.id = m.extraction_model_id
+    """
+)
+
+_CLAIM_SQL = f"""
+    UPDATE prompt_jobs j SET
+        status = 'processing',
+        attempt_count = j.attempt_count + 1,
+        lease_expires_at = now() + make_interval(secs => :lease),
+        started_at = COALESCE(j.started_at, now()),
+        next_attempt_at = NULL,
+        wait_reason = NULL,
+        updated_at = now()
+    WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {_CLAIMABLE}
+    RETURNING j.id
+"""
+_CLAIM = text(_CLAIM_SQL)
+# The admission's rows written by the same statement (locked already, by limits.decide_many).
+_TAKE_AND_CLAIM = text(f"WITH take AS ({limits.TAKE_SQL}) {_CLAIM_SQL}")
+
+
+def _id_list(job_ids: Sequence[uuid.UUID]) -> str:
+    """Ids as one comma-separated text (string_to_array): pg8000 escapes an array's
+    elements character by character in Python."""
+    return ",".join(str(i) for i in job_ids)
+
+
+@dataclass(frozen=True)
+class Locked:
+    """One job of the batch as `lock_batch` found it (locked until the transaction ends)."""
+
+    id: uuid.UUID
+    status: str
+    seconds_until_due: float
+    seconds_until_lease_ends: float
+    claimable: bool
+    exhausted: bool  # every attempt used
+    version_missing: str | None  # the prompt version the job records, when it is not stored
+    # The job as claiming it would make it (attempt counted); None when its version is missing.
+    job: ClaimedJob | None
+
+
+def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Locked]:
+    """The jobs among `job_ids` that exist, locked; ids not returned have no job."""
+    found: dict[uuid.UUID, Locked] = {}
+    for row in conn.execute(_LOCK, {"ids": _id_list(job_ids)}).mappings():
+        missing = row["version_id"] is None
+        found[row["id"]] = Locked(
+            id=row["id"],
+            status=row["status"],
+            seconds_until_due=float(row["wait"] or 0),
+            seconds_until_lease_ends=float(row["lease_left"] or 0),
+            claimable=row["claimable"],
+            exhausted=row["exhausted"],
+            version_missing=str(row["prompt_version"]) if missing else None,
+            job=None if missing else claimed_from_row(row),
+        )
+    return found
+
+
+def claim_batch(
+    conn: Connection,
+    job_ids: Sequence[uuid.UUID],
+    lease_seconds: int,
+    taken: limits.Taken | None = None,
+) -> set[uuid.UUID]:
+    """Claim jobs `lock_batch` found claimable in this transaction, and write what their
+    admission took (`taken`), one statement; the ids claimed."""
+    if not job_ids:
+        if taken is not None:
+            limits.write(conn, taken)
+        return set()
+    params: dict[str, Any] = {"ids": _id_list(job_ids), "lease": lease_seconds}
+    if taken is not None and taken.params:
+        return {r[0] for r in conn.execute(_TAKE_AND_CLAIM, {**params, **taken.params})}
+    return {r[0] for r in conn.execute(_CLAIM, params)}
+
+
+# The rows travel as three JSON documents (one json.dumps each): pg8000 would escape every
+# element of a text array in Python, about 1 ms per job.
+_COMPLETE = text(
+    """
+    WITH v AS (
+        SELECT * FROM json_to_recordset(CAST(:jobs AS json))
+            AS t(id uuid, attempt int, inp int, out int, cost numeric)
+    ), locked AS MATERIALIZED (
+        -- by primary key, in id order: two finishing batches never wait on each other in turn
+        SELECT j.id FROM prompt_jobs j WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
+        ORDER BY j.id FOR UPDATE
+    ), done AS (
+        UPDATE prompt_jobs j SET
+            status = 'succeeded', finished_at = now(), updated_at = now(),
+            lease_expires_at = NULL, error_kind = NULL, error_message = NULL,
+            duration_ms = (EXTRACT(EPOCH FROM (now() - j.started_at)) * 1000)::int,
+            -- usage adds up over attempts: a failed attempt's billed tokens are still spent
+            input_tokens = COALESCE(j.input_tokens, 0) + v.inp,
+            output_tokens = COALESCE(j.output_tokens, 0) + v.out,
+            cost_usd = COALESCE(j.cost_usd, 0) + v.cost
+        FROM v
+        WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND j.id = v.id
+          AND j.id IN (SELECT id FROM locked)
+          AND j.status = 'processing' AND j.attempt_count = v.attempt
+        RETURNING j.id
+    ), responses_in AS (
+        INSERT INTO responses (job_id, answer_text, structured, provider_response_id,
+                               finish_reason, latency_ms, input_tokens, output_tokens)
+        SELECT r.job_id, r.answer_text, r.structured, r.provider_response_id,
+               r.finish_reason, r.latency_ms, r.input_tokens, r.output_tokens
+        FROM json_to_recordset(CAST(:responses AS json))
+             AS r(job_id uuid, answer_text text, structured jsonb, provider_response_id text,
+                  finish_reason text, latency_ms int, input_tokens int, output_tokens int)
+        WHERE r.job_id IN (SELECT id FROM done)
+    ), mentions_in AS (
+        INSERT INTO entity_mentions (job_id, prompt_id, model_id, batch_key, name, display_name,
+                                     entity_type, rank, sentiment, snippet)
+        SELECT m.job_id, m.prompt_id, m.model_id, m.batch_key, m.name, m.display_name,
+               m.entity_type, m.rank, m.sentiment, m.snippet
+        FROM json_to_recordset(CAST(:mentions AS json))
+             AS m(job_id uuid, prompt_id bigint, model_id bigint, batch_key text, name text,
+                  display_name text, entity_type text, rank int, sentiment text, snippet text)
+        WHERE m.job_id IN (SELECT id FROM done)
+    )
+    SELECT id FROM done
+    """
+)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job whose attempt answered: what `complete_batch` writes for it."""
+
+    job: ClaimedJob
+    answer: Answer
+    spent: Usage
+
+
+def complete_batch(conn: Connection, finished: Sequence[Finished]) -> set[uuid.UUID]:
+    """Mark succeeded and store answers and mentions, one statement; the ids this worker
+    still owned (the others' attempts are stale and nothing of theirs is written)."""
+    if not finished:
+        return set()
+    jobs = [
+        {
+            "id": str(f.job.id),
+            "attempt": f.job.attempt,
+            "inp": f.spent.input_tokens,
+            "out": f.spent.output_tokens,
+            "cost": str(f.spent.cost_usd),  # exact: numeric from its decimal text
+        }
+        for f in finished
+    ]
+    responses = [f.answer.response_row(f.job) for f in finished]
+    mentions = [m for f in finished for m in f.answer.mention_rows(f.job)]
+    params: dict[str, Any] = {
+        "ids": _id_list([f.job.id for f in finished]),
+        "jobs": json.dumps(jobs),
+        "responses": json.dumps(responses, default=str),
+        "mentions": json.dumps(mentions, default=str),
+    }
+    return {r[0] for r in conn.execute(_COMPLETE, params)}

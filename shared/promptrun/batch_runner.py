@@ -1,0 +1,432 @@
+"""The processor's work for one SQS batch: claim every job in one transaction of a few
+statements, run the model calls side by side, store every answer in one statement.
+
+The same decisions as JobRunner (processor.py) makes for one record, per job of the batch:
+a duplicate, finished or cancelled job is acknowledged; one not due, held by a live worker, or
+held back by its limits comes back later (a delayed message, or the record reported failed
+when there is no queue to send to); a bad body fails its record alone. Errors, retries and
+disabled models take JobRunner's per-job path: they are rare, the success path is not.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from sqlalchemy import Connection, Engine
+
+from promptrun import batch_jobs, jobs, limits
+from promptrun.aws import JobQueue
+from promptrun.batch_jobs import Finished, Locked
+from promptrun.db.models import JobStatus
+from promptrun.errors import InputError
+from promptrun.jobs import ClaimedJob
+from promptrun.model_call import Answer, ModelCaller, ProviderFactory, StaleAttempt
+from promptrun.observability import logger, metrics
+from promptrun.processor import JobMessage, JobRunner, Outcome, parse_message
+from promptrun.providers import ErrorKind, ProviderError, get_provider
+from promptrun.providers.errors import redact
+from promptrun.settings import Settings
+from promptrun.waiting import (
+    REFRESH_RECEIVE_COUNT,
+    RetryLater,
+    demand_for,
+    message_delay,
+    spread,
+    wait_inline,
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One SQS record, as much of it as the processor uses."""
+
+    message_id: str
+    body: str
+    receipt_handle: str | None = None
+    receive_count: int = 1
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Record:
+        attributes = record.get("attributes") or {}
+        return cls(
+            message_id=str(record.get("messageId", "")),
+            body=record.get("body") or "",
+            receipt_handle=record.get("receiptHandle"),
+            receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
+        )
+
+
+@dataclass
+class BatchResult:
+    """Each record's outcome, and the records that must come back (batchItemFailures)."""
+
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+
+    def response(self) -> dict[str, Any]:
+        """The partial batch response Lambda's SQS event source expects."""
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in self.failed]}
+
+
+@dataclass
+class _Attempt:
+    """A claimed, admitted job and what its attempt came to."""
+
+    job: ClaimedJob
+    lease: limits.Lease | None
+    spent: jobs.Usage = field(default_factory=jobs.Usage)
+    answer: Answer | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class BatchRunner:
+    engine: Engine
+    settings: Settings
+    queue: JobQueue | None = None
+    providers: ProviderFactory = get_provider
+    # Runs the model calls of a batch side by side; None: one after the other.
+    threads: Executor | None = None
+    single: JobRunner = field(init=False)
+    caller: ModelCaller = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.single = JobRunner(self.engine, self.settings, self.queue, self.providers)
+        self.caller = self.single.caller
+
+    def run(
+        self, records: Sequence[Record], remaining_ms: Callable[[], int] | None = None
+    ) -> BatchResult:
+        result = BatchResult()
+        # The first record of each job id speaks for it; its copies in the batch are duplicates.
+        pending: dict[uuid.UUID, tuple[Record, float | None]] = {}
+        for record in records:
+            try:
+                message: JobMessage = parse_message(record.body)
+            except InputError as exc:
+                logger.error(
+                    "record failed: bad body",
+                    extra={"message_id": record.message_id, "error": str(exc)},
+                )
+                result.failed.append(record.message_id)
+                continue
+            if message.job_id in pending:
+                result.outcomes[record.message_id] = Outcome.SKIPPED
+                continue
+            pending[message.job_id] = (record, message.turn)
+        self._refresh([(j, r) for j, (r, _) in pending.items() if self._refreshable(r)])
+        while pending:
+            try:
+                waits = self._round(pending, remaining_ms, result)
+            except Exception:  # the records come back after their visibility timeout
+                logger.exception("batch failed", extra={"jobs": len(pending)})
+                result.failed.extend(r.message_id for r, _ in pending.values())
+                break
+            inline = {j: w for j, w in waits.items() if wait_inline(w, remaining_ms)}
+            for job_id, later in waits.items():
+                if job_id not in inline:
+                    self._come_back(job_id, pending[job_id][0], later, result)
+            if not inline:
+                break
+            time.sleep(min(w.delay for w in inline.values()))
+            pending = {j: (pending[j][0], w.turn) for j, w in inline.items()}
+        counts = Counter(result.outcomes.values())
+        for outcome, n in counts.items():
+            metrics.add_metric(name=f"Jobs{outcome.value.title()}", unit=MetricUnit.Count, value=n)
+        return result
+
+    # --- one round: claim, run, finish ---------------------------------------------------
+
+    def _round(
+        self,
+        pending: dict[uuid.UUID, tuple[Record, float | None]],
+        remaining_ms: Callable[[], int] | None,
+        result: BatchResult,
+    ) -> dict[uuid.UUID, RetryLater]:
+        """Run what may run now; the jobs that must come back, and when."""
+        waits: dict[uuid.UUID, RetryLater] = {}
+        unrun: dict[uuid.UUID, Outcome] = {}
+        broken: list[uuid.UUID] = []
+        with self.engine.begin() as conn:
+            found = batch_jobs.lock_batch(conn, list(pending))
+            runnable: list[Locked] = []
+            for job_id in pending:
+                locked = found.get(job_id)
+                if locked is None:
+                    logger.warning("no such job; message dropped", extra={"job_id": str(job_id)})
+                    unrun[job_id] = Outcome.SKIPPED
+                elif not locked.claimable:
+                    outcome, wait = self._unclaimable(conn, locked)
+                    if wait is not None:
+                        waits[job_id] = wait
+                    else:
+                        unrun[job_id] = outcome
+                elif locked.job is None:
+                    logger.error(
+                        "record failed: job records a prompt version that is not stored",
+                        extra={"job_id": str(job_id), "version": locked.version_missing},
+                    )
+                    broken.append(job_id)
+                else:
+                    runnable.append(locked)
+            admitted, taken = self._admit(conn, runnable, pending, waits)
+            claimed = batch_jobs.claim_batch(
+                conn, [a.job.id for a in admitted], self.settings.lease_seconds, taken
+            )
+        attempts = [a for a in admitted if a.job.id in claimed]
+        for job_id in pending:
+            record = pending[job_id][0]
+            if job_id in unrun:
+                result.outcomes[record.message_id] = unrun[job_id]
+            elif job_id in broken:
+                result.failed.append(record.message_id)
+        for ended, attempt in zip(self._attempts(attempts, remaining_ms), attempts, strict=True):
+            record = pending[attempt.job.id][0]
+            if isinstance(ended, RetryLater):
+                waits[attempt.job.id] = ended
+            elif isinstance(ended, Outcome):
+                result.outcomes[record.message_id] = ended
+            else:
+                logger.error("record failed", extra={"job_id": str(attempt.job.id)})
+                result.failed.append(record.message_id)
+        return waits
+
+    def _unclaimable(self, conn: Connection, locked: Locked) -> tuple[Outcome, RetryLater | None]:
+        job_id = str(locked.id)
+        if locked.status == "queued" and locked.seconds_until_due > 0:
+            # An early copy of a retried or waiting job: kept until the job is due.
+            return Outcome.WAITING, RetryLater(locked.seconds_until_due, "not due yet")
+        if locked.status == "processing" and locked.seconds_until_lease_ends > 0:
+            # A live worker holds it: come back when its lease ends, in case it died.
+            return Outcome.SKIPPED, RetryLater(
+                locked.seconds_until_lease_ends + 1, "held by a live worker", optional=True
+            )
+        if (
+            locked.status == "processing"
+            and locked.exhausted
+            and jobs.fail_exhausted(conn, locked.id)
+        ):
+            logger.warning("last attempt's worker died", extra={"job_id": job_id})
+            return Outcome.FAILED, None
+        logger.info(
+            "job not claimable; acknowledged", extra={"job_id": job_id, "status": locked.status}
+        )
+        return Outcome.SKIPPED, None
+
+    def _admit(
+        self,
+        conn: Connection,
+        runnable: list[Locked],
+        pending: dict[uuid.UUID, tuple[Record, float | None]],
+        waits: dict[uuid.UUID, RetryLater],
+    ) -> tuple[list[_Attempt], limits.Taken | None]:
+        """Admit the jobs per (model, batch, turn) in this transaction: those beyond what
+        their limits allow now are left queued, with the reason written on them. What the
+        admitted took is written with their claim (batch_jobs.claim_batch)."""
+        admitted: list[_Attempt] = []
+        groups: dict[tuple[str, str, float | None], list[ClaimedJob]] = {}
+        for locked in runnable:
+            job = locked.job
+            assert job is not None
+            if not job.model_enabled:  # claimed, then skipped without a call (JobRunner's way)
+                admitted.append(_Attempt(job, None))
+                continue
+            groups.setdefault((job.model_slug, job.batch_key, pending[job.id][1]), []).append(job)
+        ordered = sorted(groups.items(), key=lambda g: g[0][:2])
+        # One demand per group, the largest: what is reserved is what is released.
+        demands = [
+            max((demand_for(j) for j in group), key=lambda d: (d.tokens, d.cost_usd))
+            for _, group in ordered
+        ]
+        requests = [
+            limits.Request(slug, batch_key, len(group), demand, turn=turn)
+            for ((slug, batch_key, turn), group), demand in zip(ordered, demands, strict=True)
+        ]
+        taken = limits.decide_many(conn, requests) if requests else None
+        admissions = taken.admissions if taken is not None else []
+        for (_, group), demand, admission in zip(ordered, demands, admissions, strict=True):
+            lease = limits.Lease.of(admission, demand)
+            admitted.extend(_Attempt(job, lease) for job in group[: admission.granted])
+            held = group[admission.granted :]
+            if not held:
+                continue
+            reason = admission.reason or "limits"
+            limits.note_wait(conn, [j.id for j in held], reason)
+            # A turn is exact; other waits are spread so they do not return together.
+            for job in held:
+                delay = (
+                    admission.wait_seconds
+                    if admission.turn is not None
+                    else spread(admission.wait_seconds)
+                )
+                waits[job.id] = RetryLater(delay, reason, turn=admission.turn)
+        return admitted, taken
+
+    def _attempts(
+        self, attempts: list[_Attempt], remaining_ms: Callable[[], int] | None
+    ) -> list[Outcome | RetryLater | Exception]:
+        """Run the claimed jobs' calls side by side, then record every outcome."""
+        calls = [a for a in attempts if a.job.model_enabled]
+
+        def call(attempt: _Attempt) -> None:
+            try:
+                attempt.answer = self.caller.call(attempt.job, remaining_ms, attempt.spent)
+            except Exception as exc:  # recorded below, per job
+                attempt.error = exc
+
+        if self.threads is not None and len(calls) > 1:
+            futures = [self.threads.submit(call, a) for a in calls[1:]]
+            call(calls[0])  # this thread takes one share rather than wait idle
+            for future in futures:
+                future.result()
+        else:
+            for attempt in calls:
+                call(attempt)
+        stale = self._finish([a for a in calls if a.answer is not None])
+        outcomes: list[Outcome | RetryLater | Exception] = []
+        for attempt in attempts:
+            try:
+                outcomes.append(self._outcome(attempt, stale))
+            except RetryLater as later:
+                outcomes.append(later)
+            except Exception as exc:  # logged with its traceback; the record comes back
+                logger.exception("record failed", extra={"job_id": str(attempt.job.id)})
+                outcomes.append(exc)
+        return outcomes
+
+    def _finish(self, answered: list[_Attempt]) -> set[uuid.UUID]:
+        """Store every answer and complete its job in one transaction; the stale ones' ids.
+        Should the batch's statement fail, each job is stored on its own, so one bad row
+        costs only its own job."""
+        if not answered:
+            return set()
+        finished = [Finished(a.job, a.answer, a.spent) for a in answered if a.answer]
+        try:
+            with self.engine.begin() as conn:
+                owned = batch_jobs.complete_batch(conn, finished)
+                limits.release_many(
+                    conn,
+                    [
+                        limits.Ended(
+                            a.lease,
+                            a.spent.input_tokens + a.spent.output_tokens,
+                            a.spent.cost_usd,
+                            succeeded=a.answer.throttled is None,
+                            throttled_for=a.answer.throttled,
+                            quota_wait=a.answer.quota_wait,
+                        )
+                        for a in answered
+                        if a.job.id in owned and a.lease is not None and a.answer is not None
+                    ],
+                )
+            return {a.job.id for a in answered} - owned
+        except Exception as exc:
+            logger.warning(
+                "storing the batch failed; storing job by job", extra={"error": type(exc).__name__}
+            )
+        stale: set[uuid.UUID] = set()
+        for attempt in answered:
+            assert attempt.answer is not None
+            try:
+                self.caller.finish(attempt.job, attempt.answer, attempt.spent, attempt.lease)
+            except StaleAttempt:
+                stale.add(attempt.job.id)
+            except Exception as exc:  # handled as an unexpected error of this job alone
+                attempt.answer, attempt.error = None, exc
+        return stale
+
+    def _outcome(self, attempt: _Attempt, stale: set[uuid.UUID]) -> Outcome:
+        job = attempt.job
+        log = {
+            "job_id": str(job.id),
+            "attempt": job.attempt,
+            "model": job.model_slug,
+            "prompt": job.prompt_slug,
+        }
+        if not job.model_enabled:
+            # Disabled in the catalogue after the fan-out: not run, and said so.
+            return self.single.end_unrun(
+                job,
+                ErrorKind.CONFIG,
+                f"model {job.model_slug} is disabled in the catalogue",
+                JobStatus.SKIPPED,
+            )
+        if job.id in stale:
+            logger.warning("a newer attempt owns the job; result discarded", extra=log)
+            return Outcome.STALE
+        if attempt.answer is not None:
+            logger.info(
+                "job succeeded",
+                extra={
+                    **log,
+                    "entities": len(attempt.answer.entities),
+                    "latency_ms": attempt.answer.latency_ms,
+                },
+            )
+            return Outcome.SUCCEEDED
+        err = attempt.error
+        if isinstance(err, ProviderError):
+            return self.single.on_error(job, err, log, attempt.spent, attempt.lease)
+        # A bug or an unexpected library error: retried, then failed.
+        logger.error("unexpected error", extra={**log, "error": type(err).__name__})
+        return self.single.on_error(
+            job,
+            ProviderError(ErrorKind.INTERNAL, redact(f"{type(err).__name__}: {err}")),
+            log,
+            attempt.spent,
+            attempt.lease,
+            retryable=True,
+        )
+
+    # --- coming back ------------------------------------------------------------------------
+
+    def _resend(self, record: Record) -> bool:
+        return self.queue is not None and record.receipt_handle is not None
+
+    def _refreshable(self, record: Record) -> bool:
+        return self._resend(record) and record.receive_count >= REFRESH_RECEIVE_COUNT
+
+    def _refresh(self, stale_records: list[tuple[uuid.UUID, Record]]) -> None:
+        """Records received this often outlived processors that died holding them: a fresh
+        copy each, delayed past the lease this attempt may take, keeps the job's way back
+        short of the DLQ (one SendMessageBatch per ten)."""
+        if not stale_records or self.queue is None:
+            return
+        try:
+            sent = self.queue.send_jobs(
+                [str(j) for j, _ in stale_records], message_delay(self.settings.lease_seconds + 1)
+            )
+            metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=len(sent.sent))
+        except Exception as exc:  # no worse than before: these records still count
+            logger.warning("could not refresh the messages", extra={"error": type(exc).__name__})
+
+    def _come_back(
+        self, job_id: uuid.UUID, record: Record, later: RetryLater, result: BatchResult
+    ) -> None:
+        """A fresh, delayed message for the job and the record acknowledged; without a queue
+        to send to, the record itself fails and comes back (unless coming back is optional)."""
+        metrics.add_metric(
+            name="JobsRetried" if later.retry else "JobsWaited", unit=MetricUnit.Count, value=1
+        )
+        if not self._resend(record):
+            if later.optional:
+                result.outcomes[record.message_id] = Outcome.SKIPPED
+            else:
+                result.failed.append(record.message_id)
+            return
+        try:
+            assert self.queue is not None
+            self.queue.send_later(str(job_id), message_delay(later.delay), later.turn)
+            metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
+        except Exception as exc:  # the record comes back after its visibility timeout
+            logger.warning("could not send the job back", extra={"error": type(exc).__name__})
+            result.failed.append(record.message_id)
+            return
+        result.outcomes[record.message_id] = Outcome.RETRYING if later.retry else Outcome.WAITING

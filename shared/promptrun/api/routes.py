@@ -28,7 +28,7 @@ from promptrun.api import dashboard_routes, models_routes, visibility_routes
 from promptrun.aws import get_secret_string
 from promptrun.catalog import SLUG_PATTERN
 from promptrun.db.engine import get_engine
-from promptrun.db.models import JobStatus
+from promptrun.db.enums import JobStatus
 from promptrun.observability import logger
 from promptrun.schedule import BATCH_KEY_RE
 from promptrun.settings import Settings

@@ -76,3 +76,14 @@ def test_the_other_handlers_import_no_sdk_tracer_or_yaml(function: str) -> None:
     found = imported(function)
     assert "sqlalchemy.engine" in found["modules"]
     assert heavy(found["modules"], tuple(m for m in NEVER if m != "sqlalchemy.orm")) == set()
+
+
+def test_the_layer_ships_bytecode_that_needs_no_timestamps() -> None:
+    """/opt is read-only in Lambda: a layer without bytecode compiles every module it imports
+    in every cold start. The build removes what pip and the checkout left, then compiles."""
+    build = (REPO / "shared" / "Makefile").read_text()
+    removed = build.index("-name __pycache__ -prune -exec rm -rf")
+    compiled = build.index("-m compileall")
+    assert removed < compiled
+    step = build[compiled : build.index("\n", build.index("\\\n", compiled) + 2)]
+    assert "--invalidation-mode unchecked-hash" in step and "-p /opt/python" in step

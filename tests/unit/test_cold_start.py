@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 
 # Never at import, in any handler: the ORM (Core tables do), X-Ray, boto3 (the first AWS call
@@ -71,10 +69,17 @@ def test_the_processor_imports_core_only_and_builds_no_extraction_validators() -
     assert found["built"] == []
 
 
-@pytest.mark.parametrize("function", ["fanout", "status"])
-def test_the_other_handlers_import_no_sdk_tracer_or_yaml(function: str) -> None:
-    found = imported(function)
+def test_the_status_api_imports_core_only_and_not_the_catalogue() -> None:
+    found = imported("status")
+    assert "promptrun.queries" in found["modules"]
+    # The catalogue (its models, brands' sync) is an operator's; the API needs a slug pattern.
+    assert heavy(found["modules"], (*NEVER, "promptrun.catalog")) == set()
+
+
+def test_the_fanout_imports_no_sdk_tracer_or_yaml() -> None:
+    found = imported("fanout")
     assert "sqlalchemy.engine" in found["modules"]
+    # It still reads prompts and models through the ORM (a session per run).
     assert heavy(found["modules"], tuple(m for m in NEVER if m != "sqlalchemy.orm")) == set()
 
 

@@ -26,12 +26,12 @@ from sqlalchemy import Engine
 from promptrun import __version__, operator, queries
 from promptrun.api import dashboard_routes, models_routes, visibility_routes
 from promptrun.aws import get_secret_string
-from promptrun.catalog import SLUG_PATTERN
 from promptrun.db.engine import get_engine
 from promptrun.db.enums import JobStatus
 from promptrun.observability import logger
 from promptrun.schedule import BATCH_KEY_RE
 from promptrun.settings import Settings
+from promptrun.slugs import SLUG_PATTERN
 
 EngineFactory = Callable[[], Engine]
 TokenProvider = Callable[[], str]

@@ -13,6 +13,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from promptrun import queries
 from promptrun.aws import JobQueue
 from promptrun.catalog import load_catalog, sync_catalog
 from promptrun.db import pg8000_fast
-from promptrun.db.engine import dispose_engines, engine_for_url, get_engine
+from promptrun.db.engine import RDS_CA_BUNDLE, dispose_engines, engine_for_url, get_engine
 from promptrun.fanout import FanoutRequest, create_jobs, send_until
 from promptrun.processor import JobRunner
 from promptrun.settings import Settings
@@ -67,9 +68,16 @@ _INIT = {
 
 def cold_start() -> None:
     print("cold start (fresh process, -X importtime; tracing off as in a function without it)")
+    # The RDS CA directory the layer build makes (shared/ca_index.py), as the functions load it.
+    kept = tempfile.TemporaryDirectory()  # removed when the bench exits
+    ca_dir = Path(kept.name) / "rds-ca"
+    subprocess.run(
+        [sys.executable, str(REPO / "shared" / "ca_index.py"), str(RDS_CA_BUNDLE), str(ca_dir)],
+        check=True,
+    )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AWS_XRAY")},
-        "DATABASE_URL": "postgresql+pg8000://u:p@127.0.0.1:1/x",
+        "DATABASE_URL": f"postgresql+pg8000://u:p@127.0.0.1:1/x?sslrootcert={ca_dir}",
         "JOBS_QUEUE_URL": "http://127.0.0.1:1/000000000000/q",
         "API_TOKEN": "bench",
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -91,3 +91,6 @@ def test_the_layer_ships_bytecode_that_needs_no_timestamps() -> None:
     assert removed < compiled
     step = build[compiled : build.index("\n", build.index("\\\n", compiled) + 2)]
     assert "--invalidation-mode unchecked-hash" in step and "-p /opt/python" in step
+    # The RDS CA bundle filed by subject hash for the functions (tests/integration/
+    # test_db_tls_ca_dir.py checks the directory against a real server).
+    assert 'ca_index.py promptrun/db/rds-ca-bundle.pem "$(SITE)/promptrun/db/rds-ca"' in build

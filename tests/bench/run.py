@@ -33,6 +33,7 @@ from promptrun.fanout import FanoutRequest, create_jobs, send_until
 from promptrun.processor import JobRunner
 from promptrun.settings import Settings
 from tests.bench import dataset, operator_bench
+from tests.bench.layer_cold import layer_cold_start
 from tests.bench.sqs_standin import SqsStandIn
 from tests.support import stack
 
@@ -386,6 +387,7 @@ def main() -> None:
     pg = stack.start_postgres()
     template = stack.template_database(pg)
     cold_start()
+    layer_cold_start()
     rates = processor(pg, template)
     procrastinate(pg, rates)
     fanout(pg, template)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Never at import, in any handler: the ORM (Core tables do), X-Ray, boto3 (the first AWS call
@@ -78,9 +80,10 @@ def test_the_status_api_imports_core_only_and_not_the_catalogue() -> None:
     assert heavy(found["modules"], (*NEVER, "promptrun.catalog", openapi)) == set()
 
 
-def test_the_fanout_imports_core_only() -> None:
-    found = imported("fanout")
-    assert "promptrun.fanout" in found["modules"]
+@pytest.mark.parametrize("function", ["fanout", "maintenance"])
+def test_the_scheduled_functions_import_core_only(function: str) -> None:
+    found = imported(function)
+    assert f"promptrun.{function}" in found["modules"]
     assert heavy(found["modules"], NEVER) == set()
 
 

@@ -16,11 +16,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # The Lambda runtime's own packages (shared/requirements.txt leaves them out of the layer).
 RUNTIME_OWN = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3")
-INIT = {
-    "processor": "app.JobRunner(app.get_engine(app.settings), app.settings, None)",
-    "fanout": "app.get_engine(app.settings, pool_size=1)",
-    "status": "app.app",
-}
 
 
 def build_layer(into: Path) -> Path:
@@ -49,7 +44,8 @@ def runtime_dir(into: Path) -> Path:
     return into
 
 
-def layer_cold_start(runs: int = 3) -> None:
+def layer_cold_start(inits: dict[str, str], runs: int = 3) -> None:
+    """`inits`: per function, what its init does after `import app` (run.py's _INIT)."""
     print("cold start from the built layer (bare python -S, no bytecode written, as on /opt)")
     base_python = (
         Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -61,7 +57,7 @@ def layer_cold_start(runs: int = 3) -> None:
             print(f"  the layer did not build: {exc.stderr.decode()[-500:]}")
             return
         runtime = runtime_dir(Path(tmp) / "runtime")
-        for name, init in INIT.items():
+        for name, init in inits.items():
             code = (
                 "import time; t, c = time.perf_counter(), time.process_time(); import app; "
                 f"{init}; print(round((time.perf_counter() - t) * 1000), "

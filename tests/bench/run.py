@@ -387,7 +387,7 @@ def main() -> None:
     pg = stack.start_postgres()
     template = stack.template_database(pg)
     cold_start()
-    layer_cold_start()
+    layer_cold_start(_INIT)
     rates = processor(pg, template)
     procrastinate(pg, rates)
     fanout(pg, template)

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine
 from promptrun import batch_jobs, jobs, limits
 from promptrun.aws import JobQueue
 from promptrun.batch_jobs import Finished, Locked
-from promptrun.db.models import JobStatus
+from promptrun.db.enums import JobStatus
 from promptrun.errors import InputError
 from promptrun.jobs import ClaimedJob
 from promptrun.model_call import Answer, ModelCaller, ProviderFactory, StaleAttempt

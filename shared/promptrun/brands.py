@@ -10,14 +10,16 @@ transaction, so every past answer is re-matched at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, insert, select
-from sqlalchemy.orm import Session
 
-from promptrun.db.models import Brand, BrandAlias
+from promptrun.db import schema
 from promptrun.extraction import clean_name
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 BRAND_SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,199}$"
 
@@ -78,6 +80,9 @@ class BrandChanges:
 def sync_brands(session: Session, brands: list[BrandEntry]) -> BrandChanges:
     """Make the tables hold exactly the file's brands (the section, when present, is the
     whole set: a brand left out is no longer tracked; no mention is touched either way)."""
+    # The ORM only here (the catalogue sync): the status API reads brands through Core.
+    from promptrun.db.models import Brand, BrandAlias
+
     changes = BrandChanges([], [], [], [])
     rows = {b.slug: b for b in session.scalars(select(Brand).with_for_update())}
     current: dict[int, dict[str, str]] = {}
@@ -131,11 +136,12 @@ def sync_brands(session: Session, brands: list[BrandEntry]) -> BrandChanges:
 
 def brand_rows(session_or_conn: Any) -> list[dict[str, Any]]:
     """Every tracked brand with its aliases, own brands first."""
+    brand, alias_of = schema.brands.c, schema.brand_aliases.c
     brands = session_or_conn.execute(
-        select(Brand.id, Brand.slug, Brand.name, Brand.own).order_by(Brand.own.desc(), Brand.slug)
+        select(brand.id, brand.slug, brand.name, brand.own).order_by(brand.own.desc(), brand.slug)
     ).all()
     aliases = session_or_conn.execute(
-        select(BrandAlias.brand_id, BrandAlias.alias).order_by(BrandAlias.alias)
+        select(alias_of.brand_id, alias_of.alias).order_by(alias_of.alias)
     ).all()
     by_brand: dict[int, list[str]] = {}
     for brand_id, alias in aliases:

@@ -18,9 +18,9 @@ from promptrun.db.engine import session_scope
 from promptrun.db.models import Model, Prompt, PromptVersion
 from promptrun.errors import InputError
 from promptrun.providers.keys import model_key_problem
+from promptrun.slugs import SLUG_PATTERN
 
 PROVIDERS = ("openai", "anthropic", "bedrock", "offline")
-SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,199}$"
 MAX_PROMPT_CHARS = 32_000  # text and system text together
 MAX_JOBS_PER_BATCH = 100_000  # prompts x models x runs sharing one schedule (one batch key)
 

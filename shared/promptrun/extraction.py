@@ -11,10 +11,14 @@ EntityType = Literal["brand", "product", "person", "organization", "place", "oth
 Sentiment = Literal["positive", "neutral", "negative"]
 
 
+# defer_build everywhere: validators are built on first use, not in every cold start (the
+# status API imports this module for clean_name and never validates).
+
+
 class Entity(BaseModel):
     """One entity as a model reports it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     name: str = Field(min_length=1, max_length=300)
     type: EntityType = "other"
     rank: int = Field(ge=1, description="order of first appearance in the answer, from 1")
@@ -25,11 +29,12 @@ class Entity(BaseModel):
 class ExtractionResult(BaseModel):
     """The schema extraction must produce; anything else is a validation error."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     entities: list[Entity] = Field(max_length=200)
 
 
 class NormalizedEntity(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     name: str  # the match key: case-folded
     display_name: str
     type: EntityType

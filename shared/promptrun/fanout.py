@@ -20,8 +20,7 @@ from sqlalchemy import Engine, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from promptrun.aws import ContinuationQueue, JobQueue, is_continuation
-from promptrun.db.engine import session_scope
-from promptrun.db.models import Model, Prompt, PromptVersion
+from promptrun.db import schema
 from promptrun.errors import InputError
 from promptrun.observability import logger, metrics
 from promptrun.schedule import batch_key, period_start, validate_batch_key
@@ -117,12 +116,12 @@ class FanoutResult:
 
 
 def _select(
-    session: Any, cls: Any, slugs: list[str] | None, kind: str, include_disabled: bool = False
+    conn: Any, table: Any, slugs: list[str] | None, kind: str, include_disabled: bool = False
 ) -> list[Any]:
-    query = select(cls).order_by(cls.id)
+    query = select(table).order_by(table.c.id)
     if slugs is None:
-        return list(session.scalars(query.where(cls.enabled.is_(True))))
-    rows = list(session.scalars(query.where(cls.slug.in_(slugs))))
+        return list(conn.execute(query.where(table.c.enabled.is_(True))))
+    rows = list(conn.execute(query.where(table.c.slug.in_(slugs))))
     unknown = sorted(set(slugs) - {r.slug for r in rows})
     if unknown:
         raise InputError(f"fan-out event: {kind}: unknown slug(s) {', '.join(unknown)}")
@@ -132,14 +131,19 @@ def _select(
     return rows
 
 
-def store_versions(session: Any, prompts: list[Any]) -> None:
+def store_versions(conn: Any, prompts: list[Any]) -> None:
     """The versions these jobs will record exist as rows (the catalogue sync stores them too)."""
     if prompts:
-        session.execute(
-            insert(PromptVersion)
+        conn.execute(
+            insert(schema.prompt_versions)
             .values(
                 [
-                    {"prompt_id": p.id, "version": p.version, "text": p.text, "system_text": p.system_text}
+                    {
+                        "prompt_id": p.id,
+                        "version": p.version,
+                        "text": p.text,
+                        "system_text": p.system_text,
+                    }
                     for p in prompts
                 ]
             )
@@ -178,10 +182,13 @@ _INSERT_BATCH = text(
 def create_jobs(engine: Engine, request: FanoutRequest, settings: Settings) -> FanoutResult:
     """Insert the batch's job rows; rows that exist already are left as they are."""
     result = FanoutResult()
-    with session_scope(engine) as session:
-        prompts = _select(session, Prompt, request.prompts, "prompts", request.include_disabled)
-        models = _select(session, Model, request.models, "models")
-        store_versions(session, prompts)
+    # Core rows, no ORM session: the fan-out's cold start does not import sqlalchemy.orm.
+    with engine.begin() as conn:
+        prompts = _select(
+            conn, schema.prompts, request.prompts, "prompts", request.include_disabled
+        )
+        models = _select(conn, schema.models, request.models, "models")
+        store_versions(conn, prompts)
         groups: dict[tuple[str, datetime], list[int]] = {}
         for prompt in prompts:
             key = request.batch_key or batch_key(prompt.schedule, request.at)
@@ -190,7 +197,7 @@ def create_jobs(engine: Engine, request: FanoutRequest, settings: Settings) -> F
             )
         created_prompts: set[int] = set()
         for (key, scheduled_for), prompt_ids in groups.items():
-            row = session.execute(
+            row = conn.execute(
                 _INSERT_BATCH,
                 {
                     "prompt_ids": prompt_ids,
@@ -207,8 +214,10 @@ def create_jobs(engine: Engine, request: FanoutRequest, settings: Settings) -> F
             result.existing += row.planned - row.created
             created_prompts.update(row.prompt_ids or ())
         if created_prompts:
-            session.execute(
-                update(Prompt).where(Prompt.id.in_(created_prompts)).values(last_run_at=request.at)
+            conn.execute(
+                update(schema.prompts)
+                .where(schema.prompts.c.id.in_(created_prompts))
+                .values(last_run_at=request.at)
             )
     return result
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from promptrun.db.models import JobStatus
+from promptrun.db.enums import JobStatus
 from promptrun.errors import PromptrunError
 
 MAX_ERROR_MESSAGE = 2000

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, insert
 
 from promptrun import jobs, limits
-from promptrun.db.models import EntityMention, Response
+from promptrun.db.schema import entity_mentions as EntityMention
+from promptrun.db.schema import responses as Response
 from promptrun.extraction import ExtractionResult, NormalizedEntity, normalize_entities
 from promptrun.jobs import ClaimedJob, ModelRef
 from promptrun.providers import Completion, ErrorKind, ModelCall, Provider, ProviderError

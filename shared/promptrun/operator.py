@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Engine, bindparam, text
 
 from promptrun.aws import SendResult
-from promptrun.db.models import JobStatus
+from promptrun.db.enums import JobStatus
 from promptrun.errors import InputError, PromptrunError
 
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED)

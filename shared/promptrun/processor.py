@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from promptrun import jobs, limits
 from promptrun.aws import JobQueue
-from promptrun.db.models import JobStatus
+from promptrun.db.enums import JobStatus
 from promptrun.errors import InputError
 from promptrun.jobs import ClaimedJob
 from promptrun.model_call import ModelCaller, ProviderFactory, StaleAttempt, call_cost

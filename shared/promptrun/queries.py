@@ -11,14 +11,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Row, literal, select, tuple_
 
-from promptrun.db.models import (
-    EntityMention,
-    JobStatus,
-    Model,
-    Prompt,
-    PromptJob,
-    Response,
-)
+from promptrun.db.enums import JobStatus
+from promptrun.db.schema import entity_mentions, models, prompt_jobs, prompts, responses
 from promptrun.status_models import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -54,51 +48,53 @@ def _job_filters(
     """Filters on prompt_jobs alone (slugs through subqueries), so counts need no join."""
     where: list[ColumnElement[bool]] = []
     if batch_key is not None:
-        where.append(PromptJob.batch_key == batch_key)
+        where.append(prompt_jobs.c.batch_key == batch_key)
     if prompt is not None:
         where.append(
-            PromptJob.prompt_id == select(Prompt.id).where(Prompt.slug == prompt).scalar_subquery()
+            prompt_jobs.c.prompt_id
+            == select(prompts.c.id).where(prompts.c.slug == prompt).scalar_subquery()
         )
     if model is not None:
         where.append(
-            PromptJob.model_id == select(Model.id).where(Model.slug == model).scalar_subquery()
+            prompt_jobs.c.model_id
+            == select(models.c.id).where(models.c.slug == model).scalar_subquery()
         )
     if status is not None:
-        where.append(PromptJob.status == status)
+        where.append(prompt_jobs.c.status == status)
     return where
 
 
 _JOB_COLUMNS = (
-    PromptJob.id,
-    Prompt.slug.label("prompt"),
-    Model.slug.label("model"),
-    PromptJob.run_index,
-    PromptJob.batch_key,
-    PromptJob.prompt_version,
-    PromptJob.status,
-    PromptJob.attempt_count,
-    PromptJob.max_attempts,
-    PromptJob.error_kind,
-    PromptJob.error_message,
-    PromptJob.scheduled_for,
-    PromptJob.next_attempt_at,
-    PromptJob.started_at,
-    PromptJob.finished_at,
-    PromptJob.created_at,
-    PromptJob.updated_at,
-    PromptJob.duration_ms,
-    PromptJob.input_tokens,
-    PromptJob.output_tokens,
-    PromptJob.cost_usd,
-    PromptJob.wait_reason,
+    prompt_jobs.c.id,
+    prompts.c.slug.label("prompt"),
+    models.c.slug.label("model"),
+    prompt_jobs.c.run_index,
+    prompt_jobs.c.batch_key,
+    prompt_jobs.c.prompt_version,
+    prompt_jobs.c.status,
+    prompt_jobs.c.attempt_count,
+    prompt_jobs.c.max_attempts,
+    prompt_jobs.c.error_kind,
+    prompt_jobs.c.error_message,
+    prompt_jobs.c.scheduled_for,
+    prompt_jobs.c.next_attempt_at,
+    prompt_jobs.c.started_at,
+    prompt_jobs.c.finished_at,
+    prompt_jobs.c.created_at,
+    prompt_jobs.c.updated_at,
+    prompt_jobs.c.duration_ms,
+    prompt_jobs.c.input_tokens,
+    prompt_jobs.c.output_tokens,
+    prompt_jobs.c.cost_usd,
+    prompt_jobs.c.wait_reason,
 )
 
 
 def _jobs_select() -> Any:
     return (
         select(*_JOB_COLUMNS)
-        .join(Prompt, Prompt.id == PromptJob.prompt_id)
-        .join(Model, Model.id == PromptJob.model_id)
+        .join(prompts, prompts.c.id == prompt_jobs.c.prompt_id)
+        .join(models, models.c.id == prompt_jobs.c.model_id)
     )
 
 
@@ -112,7 +108,7 @@ def _job_item(row: Row[Any]) -> dict[str, Any]:
 def get_job(engine: Engine, job_id: uuid.UUID) -> JobDetail | None:
     """One job with its answer (once succeeded) and the entities the answer mentions."""
     with engine.connect() as conn:
-        row = conn.execute(_jobs_select().where(PromptJob.id == job_id)).first()
+        row = conn.execute(_jobs_select().where(prompt_jobs.c.id == job_id)).first()
         if row is None:
             return None
         job = _job_item(row)
@@ -120,28 +116,28 @@ def get_job(engine: Engine, job_id: uuid.UUID) -> JobDetail | None:
         if job["status"] == JobStatus.SUCCEEDED:
             answer = conn.execute(
                 select(
-                    Response.answer_text,
-                    Response.structured,
-                    Response.provider_response_id,
-                    Response.finish_reason,
-                    Response.latency_ms,
-                    Response.input_tokens,
-                    Response.output_tokens,
-                    Response.created_at,
-                ).where(Response.job_id == job_id)
+                    responses.c.answer_text,
+                    responses.c.structured,
+                    responses.c.provider_response_id,
+                    responses.c.finish_reason,
+                    responses.c.latency_ms,
+                    responses.c.input_tokens,
+                    responses.c.output_tokens,
+                    responses.c.created_at,
+                ).where(responses.c.job_id == job_id)
             ).first()
             response = JobResponse.model_validate(dict(answer._mapping)) if answer else None
         mentions = conn.execute(
             select(
-                EntityMention.name,
-                EntityMention.display_name,
-                EntityMention.entity_type.label("type"),
-                EntityMention.rank,
-                EntityMention.sentiment,
-                EntityMention.snippet,
+                entity_mentions.c.name,
+                entity_mentions.c.display_name,
+                entity_mentions.c.entity_type.label("type"),
+                entity_mentions.c.rank,
+                entity_mentions.c.sentiment,
+                entity_mentions.c.snippet,
             )
-            .where(EntityMention.job_id == job_id)
-            .order_by(EntityMention.rank, EntityMention.name)
+            .where(entity_mentions.c.job_id == job_id)
+            .order_by(entity_mentions.c.rank, entity_mentions.c.name)
         ).all()
     return JobDetail.model_validate(
         {**job, "response": response, "mentions": [dict(m._mapping) for m in mentions]}
@@ -170,13 +166,14 @@ def list_jobs(
         except ValueError:
             raise InvalidQuery("cursor", "not a cursor this API returned") from None
         page_where.append(
-            tuple_(PromptJob.created_at, PromptJob.id) < tuple_(literal(at), literal(last_id))
+            tuple_(prompt_jobs.c.created_at, prompt_jobs.c.id)
+            < tuple_(literal(at), literal(last_id))
         )
     with engine.connect() as conn:
         rows = conn.execute(
             _jobs_select()
             .where(*page_where)
-            .order_by(PromptJob.created_at.desc(), PromptJob.id.desc())
+            .order_by(prompt_jobs.c.created_at.desc(), prompt_jobs.c.id.desc())
             .limit(limit + 1)
         ).all()
         summary = summaries.status_counts(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from promptrun.db.models import Schedule
+from promptrun.db.enums import Schedule
 from promptrun.errors import InputError
 
 BATCH_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")

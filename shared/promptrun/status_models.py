@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from promptrun.db.models import JobStatus
+from promptrun.db.enums import JobStatus
 from promptrun.errors import InputError
 
 DEFAULT_LIMIT = 50

@@ -14,6 +14,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -29,10 +30,11 @@ from promptrun.aws import SQS_BATCH, JobQueue
 from promptrun.batch_runner import BatchRunner, Record
 from promptrun.catalog import load_catalog, sync_catalog
 from promptrun.db import pg8000_fast
-from promptrun.db.engine import dispose_engines, engine_for_url, get_engine
+from promptrun.db.engine import RDS_CA_BUNDLE, dispose_engines, engine_for_url, get_engine
 from promptrun.fanout import FanoutRequest, create_jobs, send_until
 from promptrun.settings import Settings
 from tests.bench import dataset, operator_bench
+from tests.bench.layer_cold import layer_cold_start
 from tests.bench.sqs_standin import SqsStandIn
 from tests.support import stack
 
@@ -68,9 +70,16 @@ _INIT = {
 
 def cold_start() -> None:
     print("cold start (fresh process, -X importtime; tracing off as in a function without it)")
+    # The RDS CA directory the layer build makes (shared/ca_index.py), as the functions load it.
+    kept = tempfile.TemporaryDirectory()  # removed when the bench exits
+    ca_dir = Path(kept.name) / "rds-ca"
+    subprocess.run(
+        [sys.executable, str(REPO / "shared" / "ca_index.py"), str(RDS_CA_BUNDLE), str(ca_dir)],
+        check=True,
+    )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AWS_XRAY")},
-        "DATABASE_URL": "postgresql+pg8000://u:p@127.0.0.1:1/x",
+        "DATABASE_URL": f"postgresql+pg8000://u:p@127.0.0.1:1/x?sslrootcert={ca_dir}",
         "JOBS_QUEUE_URL": "http://127.0.0.1:1/000000000000/q",
         "API_TOKEN": "bench",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -401,6 +410,7 @@ def main() -> None:
     template = stack.template_database(pg)
     if "cold-start" in sections:
         cold_start()
+        layer_cold_start(_INIT)
     if "processor" in sections:
         procrastinate(pg, processor(pg, template))
     if "fanout" in sections:

@@ -95,6 +95,9 @@ def test_the_built_layer_carries_the_runtime_and_nothing_for_operators(sam: Any)
     package = site / "promptrun"
     assert (package / "processor.py").is_file() and (package / "db" / "pg8000_fast.py").is_file()
     assert (package / "db" / "rds-ca-bundle.pem").is_file()
+    # Bytecode (a read-only /opt cannot cache it) and the CA bundle filed by subject hash.
+    assert (package / "__pycache__" / "processor.cpython-313.pyc").is_file()
+    assert len(list((package / "db" / "rds-ca").iterdir())) == 122
     for dropped in ("local", "cli.py", "cli_operator.py", "db/migrations", "catalog_yaml.py"):
         assert not (package / dropped).exists(), dropped
     top = {p.name.split("-")[0].lower() for p in site.iterdir()}

@@ -13,9 +13,9 @@ from sqlalchemy import Engine
 
 from promptrun import flow_status
 from promptrun.aws import JobQueue
-from promptrun.catalog import SLUG_PATTERN
 from promptrun.errors import InputError
 from promptrun.settings import get_settings
+from promptrun.slugs import SLUG_PATTERN
 
 SlugPath = Annotated[str, Path(pattern=SLUG_PATTERN, max_length=200)]
 ReasonQuery = Annotated[

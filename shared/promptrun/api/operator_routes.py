@@ -13,9 +13,9 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from promptrun import operator
-from promptrun.catalog import SLUG_PATTERN
 from promptrun.observability import logger
 from promptrun.schedule import BATCH_KEY_RE
+from promptrun.slugs import SLUG_PATTERN
 
 Sender = operator.Sender | None
 

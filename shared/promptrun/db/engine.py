@@ -2,7 +2,8 @@
 
 Every connection verifies the server's certificate and host name against the RDS CA bundle
 shipped beside this module (`rds-ca-bundle.pem`: RDS's global bundle and the Amazon roots
-RDS Proxy chains to) and never falls back to plaintext: a server that declines TLS is
+RDS Proxy chains to; in the layer, read from `rds-ca/`, the same certificates filed by subject
+hash) and never falls back to plaintext: a server that declines TLS is
 refused. The one exception is the local stack, and it is named: `sslmode=disable` in
 DATABASE_URL, accepted only for a local host (loopback, or the name a container uses for
 its host). `sslrootcert=/path.pem` in DATABASE_URL trusts another CA bundle instead.
@@ -16,11 +17,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
-from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 from promptrun.errors import ConfigError
 from promptrun.settings import Settings
@@ -29,6 +32,9 @@ _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 RDS_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
+# The same certificates filed by subject hash (the layer build's ca_index.py): OpenSSL reads the
+# one a server chains to at the handshake, instead of parsing all 122 in every cold start.
+RDS_CA_DIR = Path(__file__).with_name("rds-ca")
 # Hosts the local stack's plaintext PostgreSQL is reached by: this machine, or this machine
 # as seen from a Lambda container (Podman, Docker).
 LOCAL_HOST_NAMES = {"localhost", "host.containers.internal", "host.docker.internal"}
@@ -47,12 +53,21 @@ def is_local_host(host: str | None) -> bool:
         return False
 
 
-def tls_context(ca_file: Path = RDS_CA_BUNDLE) -> ssl.SSLContext:
-    """Certificate and host name verified against `ca_file`, TLS 1.2 at least."""
+def default_ca() -> Path:
+    return RDS_CA_DIR if RDS_CA_DIR.is_dir() else RDS_CA_BUNDLE
+
+
+def tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """Certificate and host name verified against `ca_file` (a PEM bundle, or a directory of
+    certificates named by subject hash), TLS 1.2 at least."""
+    ca = ca_file or default_ca()
     try:
-        context = ssl.create_default_context(cafile=str(ca_file))
+        if ca.is_dir():
+            context = ssl.create_default_context(capath=str(ca))
+        else:
+            context = ssl.create_default_context(cafile=str(ca))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot read the database CA bundle {ca_file}: {exc}") from None
+        raise ConfigError(f"cannot read the database CA bundle {ca}: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
@@ -78,7 +93,7 @@ def connect_args_for(url: URL) -> tuple[URL, dict[str, Any]]:
             )
         args["ssl_context"] = False
         return plain, args
-    args["ssl_context"] = tls_context(Path(str(rootcert)) if rootcert else RDS_CA_BUNDLE)
+    args["ssl_context"] = tls_context(Path(str(rootcert)) if rootcert else None)
     return plain, args
 
 
@@ -193,6 +208,9 @@ def dispose_engines() -> None:
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """A transaction: committed on success, rolled back on any error."""
+    # The ORM costs 0.06 s to import; only the catalogue sync and the fan-out's reads use it.
+    from sqlalchemy.orm import sessionmaker
+
     factory = sessionmaker(engine, expire_on_commit=False)
     with factory() as session, session.begin():
         yield session

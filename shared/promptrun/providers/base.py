@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from promptrun.extraction import Entity
+if TYPE_CHECKING:
+    # Only a type here: importing extraction's pydantic models is the first extraction's cost.
+    from promptrun.extraction import Entity
 
 
 class ErrorKind(StrEnum):

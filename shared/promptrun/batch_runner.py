@@ -30,7 +30,7 @@ from promptrun.jobs import ClaimedJob
 from promptrun.model_call import Answer, ModelCaller, ProviderFactory, StaleAttempt
 from promptrun.observability import logger, metrics
 from promptrun.processor import JobMessage, JobRunner, Outcome, parse_message
-from promptrun.providers import ErrorKind, ProviderError, get_provider
+from promptrun.providers import ErrorKind, ProviderError, get_provider, offline
 from promptrun.providers.errors import redact
 from promptrun.settings import Settings
 from promptrun.waiting import (
@@ -84,6 +84,16 @@ class _Attempt:
     spent: jobs.Usage = field(default_factory=jobs.Usage)
     answer: Answer | None = None
     error: Exception | None = None
+
+
+def _waits(job: ClaimedJob) -> bool:
+    """Whether the job's calls can block: any provider's but a zero-latency offline model's.
+    Calls that cannot block run on the batch's own thread (a thread hop and the GIL handed
+    back and forth cost more than the call)."""
+    return any(
+        m.provider != "offline" or offline.waits(m.params)
+        for m in (job.model, job.extraction_model)
+    )
 
 
 @dataclass
@@ -281,7 +291,7 @@ class BatchRunner:
             except Exception as exc:  # recorded below, per job
                 attempt.error = exc
 
-        if self.threads is not None and len(calls) > 1:
+        if self.threads is not None and len(calls) > 1 and any(_waits(a.job) for a in calls):
             futures = [self.threads.submit(call, a) for a in calls[1:]]
             call(calls[0])  # this thread takes one share rather than wait idle
             for future in futures:

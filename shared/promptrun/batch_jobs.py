@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from promptrun import limits
 from promptrun.jobs import ClaimedJob, Usage, claimed_from_row
@@ -134,8 +135,7 @@ def claim_batch(
 
 # The rows travel as three JSON documents (one json.dumps each): pg8000 would escape every
 # element of a text array in Python, about 1 ms per job.
-_COMPLETE = text(
-    """
+_COMPLETE_CTES = """
     WITH v AS (
         SELECT * FROM json_to_recordset(CAST(:jobs AS json))
             AS t(id uuid, attempt int, inp int, out int, cost numeric)
@@ -176,9 +176,25 @@ _COMPLETE = text(
                   display_name text, entity_type text, rank int, sentiment text, snippet text)
         WHERE m.job_id IN (SELECT id FROM done)
     )
-    SELECT id FROM done
-    """
-)
+"""
+_COMPLETE = text(f"{_COMPLETE_CTES} SELECT id FROM done")
+# The calls' release in the same statement (limits.RELEASE_DONE_SQL): run on its own, outside
+# a transaction block, the statement is the whole transaction (one round trip, no COMMIT).
+_COMPLETE_AND_RELEASE = text(f"{_COMPLETE_CTES}, {limits.RELEASE_DONE_SQL} SELECT id FROM done")
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection on which each statement is its own transaction: no BEGIN and no
+    COMMIT to wait for. For one statement that must be atomic on its own (a statement is)."""
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.autocommit = True
+        try:
+            yield conn
+        finally:  # back to the pool as it came out of it
+            dbapi.autocommit = False
 
 
 @dataclass(frozen=True)
@@ -190,9 +206,12 @@ class Finished:
     spent: Usage
 
 
-def complete_batch(conn: Connection, finished: Sequence[Finished]) -> set[uuid.UUID]:
+def complete_batch(
+    conn: Connection, finished: Sequence[Finished], release: dict[str, Any] | None = None
+) -> set[uuid.UUID]:
     """Mark succeeded and store answers and mentions, one statement; the ids this worker
-    still owned (the others' attempts are stale and nothing of theirs is written)."""
+    still owned (the others' attempts are stale and nothing of theirs is written).
+    `release` (limits.release_done_params): the owned jobs' calls released by it too."""
     if not finished:
         return set()
     jobs = [
@@ -213,4 +232,6 @@ def complete_batch(conn: Connection, finished: Sequence[Finished]) -> set[uuid.U
         "responses": json.dumps(responses, default=str),
         "mentions": json.dumps(mentions, default=str),
     }
+    if release is not None:
+        return {r[0] for r in conn.execute(_COMPLETE_AND_RELEASE, {**params, **release})}
     return {r[0] for r in conn.execute(_COMPLETE, params)}

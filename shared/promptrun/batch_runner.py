@@ -318,24 +318,30 @@ class BatchRunner:
         if not answered:
             return set()
         finished = [Finished(a.job, a.answer, a.spent) for a in answered if a.answer]
+        ended = [
+            (
+                a.job.id,
+                limits.Ended(
+                    a.lease,
+                    a.spent.input_tokens + a.spent.output_tokens,
+                    a.spent.cost_usd,
+                    succeeded=a.answer.throttled is None,
+                    throttled_for=a.answer.throttled,
+                    quota_wait=a.answer.quota_wait,
+                ),
+            )
+            for a in answered
+            if a.lease is not None and a.answer is not None
+        ]
+        release = limits.release_done_params(ended)
         try:
-            with self.engine.begin() as conn:
-                owned = batch_jobs.complete_batch(conn, finished)
-                limits.release_many(
-                    conn,
-                    [
-                        limits.Ended(
-                            a.lease,
-                            a.spent.input_tokens + a.spent.output_tokens,
-                            a.spent.cost_usd,
-                            succeeded=a.answer.throttled is None,
-                            throttled_for=a.answer.throttled,
-                            quota_wait=a.answer.quota_wait,
-                        )
-                        for a in answered
-                        if a.job.id in owned and a.lease is not None and a.answer is not None
-                    ],
-                )
+            if release is not None:  # the usual case: one statement, its own transaction
+                with batch_jobs.autocommit(self.engine) as conn:
+                    owned = batch_jobs.complete_batch(conn, finished, release)
+            else:
+                with self.engine.begin() as conn:
+                    owned = batch_jobs.complete_batch(conn, finished)
+                    limits.release_many(conn, [e for job_id, e in ended if job_id in owned])
             return {a.job.id for a in answered} - owned
         except Exception as exc:
             logger.warning(

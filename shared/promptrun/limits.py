@@ -23,6 +23,7 @@ in flight. `admit` grants up to `wanted` jobs of one model at once (a whole SQS 
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -587,6 +588,33 @@ _RECONCILE_SPEND = text(
 )
 
 
+# The release of a finishing batch's calls as CTEs of the statement that completes their jobs
+# (promptrun.batch_jobs), after its `done` CTE (the ids it completed: only those release).
+# Their rows are locked in key order, after the jobs (as every writer of both does). Slots,
+# tokens and the rate's increase only: a 429, a quota hint or a budget takes release_many.
+RELEASE_DONE_SQL = """
+    ended AS (
+        SELECT r.key, count(*) AS calls, sum(r.token_delta) AS token_delta
+        FROM json_to_recordset(CAST(:releases AS json)) AS r(job_id uuid, key text,
+                                                              token_delta float8)
+        WHERE r.job_id IN (SELECT id FROM done) GROUP BY r.key
+    ), released AS (
+        UPDATE flow_limits AS f SET
+            in_flight = GREATEST(f.in_flight - e.calls, 0),
+            token_tat = CASE WHEN f.tpm IS NULL THEN f.token_tat
+                             ELSE f.token_tat + e.token_delta * 60.0
+                                  / (f.tpm * CAST(:share AS float8) * f.rate_factor) END,
+            rate_factor = LEAST(1.0, f.rate_factor
+                                + e.calls / GREATEST(CAST(:min_steps AS float8),
+                                                     COALESCE(f.rpm, 40) / CAST(:divisor AS float8))),
+            updated_at = now()
+        FROM ended e
+        WHERE f.key = e.key AND f.key IN (
+            SELECT key FROM flow_limits WHERE key IN (SELECT key FROM ended) ORDER BY key FOR UPDATE)
+    )
+"""
+
+
 @dataclass(frozen=True)
 class Ended:
     """One call's release (the arguments of `release`), for `release_many`."""
@@ -597,6 +625,25 @@ class Ended:
     succeeded: bool
     throttled_for: float | None = None
     quota_wait: float | None = None
+
+
+def release_done_params(ended: Sequence[tuple[Any, Ended]]) -> dict[str, Any] | None:
+    """RELEASE_DONE_SQL's parameters for these (job id, release) pairs; None when one of them
+    needs more than it does (release_many then): a 429, a quota hint, a budget to reconcile."""
+    rows: list[dict[str, Any]] = []
+    for job_id, e in ended:
+        if e.throttled_for is not None or e.quota_wait or not e.succeeded:
+            return None
+        if e.lease.budget_periods and e.cost_usd != e.lease.demand.cost_usd:
+            return None
+        delta = float(e.tokens_used - e.lease.demand.tokens) if e.tokens_used else 0.0
+        rows.extend({"job_id": str(job_id), "key": k, "token_delta": delta} for k in e.lease.keys)
+    return {
+        "releases": json.dumps(rows),
+        "share": TARGET_SHARE,
+        "min_steps": INCREASE_MIN_STEPS,
+        "divisor": INCREASE_DIVISOR,
+    }
 
 
 def release_many(conn: Connection, ended: Sequence[Ended]) -> None:

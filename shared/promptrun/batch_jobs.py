@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from promptrun import limits
+from promptrun.db import pg8000_fast
 from promptrun.jobs import ClaimedJob, Usage, claimed_from_row
 from promptrun.model_call import Answer
 
@@ -76,6 +77,13 @@ _CLAIM = text(_CLAIM_SQL)
 _TAKE_AND_CLAIM = text(f"WITH take AS ({limits.TAKE_SQL}) {_CLAIM_SQL}")
 
 
+def _ends_transaction(conn: Connection, last: bool) -> None:
+    """The next statement is the transaction's last: its COMMIT rides with it (pg8000_fast)."""
+    dbapi = conn.connection.dbapi_connection
+    if last and isinstance(dbapi, pg8000_fast.Connection):
+        dbapi.commit_with_next()
+
+
 def _id_list(job_ids: Sequence[uuid.UUID]) -> str:
     """Ids as one comma-separated text (string_to_array): pg8000 escapes an array's
     elements character by character in Python."""
@@ -120,14 +128,19 @@ def claim_batch(
     job_ids: Sequence[uuid.UUID],
     lease_seconds: int,
     taken: limits.Taken | None = None,
+    *,
+    last: bool = False,
 ) -> set[uuid.UUID]:
     """Claim jobs `lock_batch` found claimable in this transaction, and write what their
-    admission took (`taken`), one statement; the ids claimed."""
+    admission took (`taken`), one statement; the ids claimed. `last`: nothing follows in the
+    transaction, so its COMMIT goes out with the statement (committed when this returns)."""
     if not job_ids:
         if taken is not None:
+            _ends_transaction(conn, last)
             limits.write(conn, taken)
         return set()
     params: dict[str, Any] = {"ids": _id_list(job_ids), "lease": lease_seconds}
+    _ends_transaction(conn, last)
     if taken is not None and taken.params:
         return {r[0] for r in conn.execute(_TAKE_AND_CLAIM, {**params, **taken.params})}
     return {r[0] for r in conn.execute(_CLAIM, params)}

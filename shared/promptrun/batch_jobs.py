@@ -2,10 +2,14 @@
 
 - `lock_batch`: the rows of every job id, locked in id order (two batches sharing ids never
   wait on each other in opposite orders), with what a claim needs and whether each may be
-  claimed now; admission (limits.admit) runs on what it returns, in the same transaction.
-- `claim_batch`: the admitted ones marked processing, each guarded as jobs.claim_job is.
+  claimed now; then, in the same statement, the limits rows of the claimable jobs' models
+  (after the jobs, as every writer of both locks them). Admission (limits.decide_many) runs
+  on what it returns, in the same transaction.
+- `claim_batch`: the admitted ones marked processing, each guarded as jobs.claim_job is, and
+  what admission took written, one statement (its COMMIT in the same packet).
 - `complete_batch`: responses, mentions and completions in one statement, each job guarded
-  by its claimed attempt: a job a newer attempt owns gets nothing written.
+  by its claimed attempt: a job a newer attempt owns gets nothing written; usually the
+  calls' release too, the statement its own transaction (`autocommit`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ _LOCK = text(
                {_CLAIMABLE} AS claimable
         FROM prompt_jobs j WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
         ORDER BY j.id FOR UPDATE
+    ), flow_keys AS MATERIALIZED (
+        -- every job row read (and locked) before the first limits row is locked
+        SELECT DISTINCT 'model:' || m.slug AS key
+        FROM locked l JOIN models m ON m.id = l.model_id WHERE l.claimable AND m.enabled
+    ), flows AS MATERIALIZED (
+        {limits.LOCK_FLOWS_SQL}
     )
     SELECT l.id, l.status, l.wait, l.lease_left, l.claimable,
            l.attempt_count >= l.max_attempts AS exhausted,
@@ -52,7 +62,8 @@ _LOCK = text(
            e.slug AS e_slug, e.provider AS e_provider, e.provider_model AS e_provider_model,
            e.base_url AS e_base_url, e.params AS e_params,
            e.price_input_per_mtok AS e_price_input_per_mtok,
-           e.price_output_per_mtok AS e_price_output_per_mtok
+           e.price_output_per_mtok AS e_price_output_per_mtok,
+           (SELECT rows FROM flows) AS flows
     FROM locked l JOIN prompts p ON p.id = l.prompt_id JOIN models m ON m.id = l.model_id
     -- the job runs the version it records, never the prompt's current text
     LEFT JOIN prompt_versions v ON v.prompt_id = l.prompt_id AND v.version = l.prompt_version
@@ -105,10 +116,23 @@ class Locked:
     job: ClaimedJob | None
 
 
-def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Locked]:
-    """The jobs among `job_ids` that exist, locked; ids not returned have no job."""
+@dataclass
+class LockedBatch:
+    """What `lock_batch` found: the jobs, and the limits rows their admission needs (locked
+    too, after the jobs; limits.decide_many takes them as `rows`)."""
+
+    jobs: dict[uuid.UUID, Locked]
+    flows: dict[str, dict[str, Any]]
+
+
+def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
+    """The jobs among `job_ids` that exist, locked; ids not returned have no job. With them,
+    locked in the same statement, the limits rows of the models of the claimable ones."""
     found: dict[uuid.UUID, Locked] = {}
+    flows: dict[str, dict[str, Any]] = {}
     for row in conn.execute(_LOCK, {"ids": _id_list(job_ids)}).mappings():
+        if not flows and row["flows"] is not None:
+            flows = limits.flow_rows(row["flows"])
         missing = row["version_id"] is None
         found[row["id"]] = Locked(
             id=row["id"],
@@ -120,7 +144,7 @@ def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID
             version_missing=str(row["prompt_version"]) if missing else None,
             job=None if missing else claimed_from_row(row),
         )
-    return found
+    return LockedBatch(found, flows)
 
 
 def claim_batch(

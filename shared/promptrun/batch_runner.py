@@ -165,7 +165,8 @@ class BatchRunner:
         unrun: dict[uuid.UUID, Outcome] = {}
         broken: list[uuid.UUID] = []
         with self.engine.begin() as conn:
-            found = batch_jobs.lock_batch(conn, list(pending))
+            batch = batch_jobs.lock_batch(conn, list(pending))
+            found = batch.jobs
             runnable: list[Locked] = []
             for job_id in pending:
                 locked = found.get(job_id)
@@ -186,7 +187,7 @@ class BatchRunner:
                     broken.append(job_id)
                 else:
                     runnable.append(locked)
-            admitted, taken = self._admit(conn, runnable, pending, waits)
+            admitted, taken = self._admit(conn, runnable, pending, waits, batch.flows)
             claimed = batch_jobs.claim_batch(
                 conn, [a.job.id for a in admitted], self.settings.lease_seconds, taken, last=True
             )
@@ -236,6 +237,7 @@ class BatchRunner:
         runnable: list[Locked],
         pending: dict[uuid.UUID, tuple[Record, float | None]],
         waits: dict[uuid.UUID, RetryLater],
+        flows: dict[str, dict[str, Any]],
     ) -> tuple[list[_Attempt], limits.Taken | None]:
         """Admit the jobs per (model, batch, turn) in this transaction: those beyond what
         their limits allow now are left queued, with the reason written on them. What the
@@ -259,7 +261,7 @@ class BatchRunner:
             limits.Request(slug, batch_key, len(group), demand, turn=turn)
             for ((slug, batch_key, turn), group), demand in zip(ordered, demands, strict=True)
         ]
-        taken = limits.decide_many(conn, requests) if requests else None
+        taken = limits.decide_many(conn, requests, flows) if requests else None
         admissions = taken.admissions if taken is not None else []
         for (_, group), demand, admission in zip(ordered, demands, admissions, strict=True):
             lease = limits.Lease.of(admission, demand)

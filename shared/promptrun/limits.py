@@ -142,6 +142,56 @@ _LOCK_ROWS = text(
     FROM flow_limits c WHERE c.key = 'catalog'
     """
 )
+# The same rows as _LOCK_ROWS, as one JSON document, for a statement that locks them beside
+# other rows (promptrun.batch_jobs): its `flow_keys` CTE names the models' keys. Money as
+# text, so that it stays exact; the clock read after the rows are locked.
+LOCK_FLOWS_SQL = """
+    WITH l AS (
+        SELECT * FROM flow_limits
+        WHERE key IN (SELECT key FROM flow_keys)
+           OR key IN (SELECT group_key FROM flow_limits WHERE key IN (SELECT key FROM flow_keys))
+        ORDER BY key FOR UPDATE
+    ), r AS (
+        SELECT to_jsonb(l) || jsonb_build_object(
+                   'budget_batch_usd', l.budget_batch_usd::text,
+                   'budget_day_usd', l.budget_day_usd::text) AS row
+        FROM l
+        UNION ALL
+        SELECT to_jsonb(c) || jsonb_build_object(
+                   'budget_batch_usd', c.budget_batch_usd::text,
+                   'budget_day_usd', c.budget_day_usd::text)
+        FROM flow_limits c WHERE c.key = 'catalog'
+    )
+    SELECT jsonb_build_object(
+        'rows', (SELECT coalesce(jsonb_agg(row), '[]') FROM r),
+        'now_s', EXTRACT(EPOCH FROM clock_timestamp())::float8,
+        'today', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD')) AS rows
+"""
+
+
+_FLOAT_COLUMNS = (
+    "request_tat",
+    "token_tat",
+    "queue_tat",
+    "rate_factor",
+    "decreased_at",
+    "recounted_at",
+)
+
+
+def flow_rows(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """LOCK_FLOWS_SQL's document as decide_many's `rows`: key -> row, as _LOCK_ROWS gives it."""
+    rows = {}
+    for row in document["rows"]:
+        for money in ("budget_batch_usd", "budget_day_usd"):
+            if row[money] is not None:
+                row[money] = Decimal(row[money])
+        for clock in _FLOAT_COLUMNS:  # JSON writes 0.0 as 0
+            row[clock] = float(row[clock])
+        rows[row["key"]] = {**row, "now_s": document["now_s"], "today": document["today"]}
+    return rows
+
+
 _RECOUNT = text(
     """
     SELECT count(*) FROM prompt_jobs j
@@ -237,10 +287,16 @@ def write(conn: Connection, taken: Taken) -> None:
         conn.execute(_TAKE, taken.params)
 
 
-def decide_many(conn: Connection, requests: Sequence[Request]) -> Taken:
-    """`admit_many` without its last statement."""
-    keys = sorted({model_key(r.model_slug) for r in requests})
-    rows = {r["key"]: dict(r) for r in conn.execute(_LOCK_ROWS, {"mks": keys}).mappings()}
+def decide_many(
+    conn: Connection,
+    requests: Sequence[Request],
+    rows: dict[str, dict[str, Any]] | None = None,
+) -> Taken:
+    """`admit_many` without its last statement. `rows`: the requests' limits rows, locked
+    already in this transaction (flow_rows); by default they are locked here."""
+    if rows is None:
+        keys = sorted({model_key(r.model_slug) for r in requests})
+        rows = {r["key"]: dict(r) for r in conn.execute(_LOCK_ROWS, {"mks": keys}).mappings()}
     changed: dict[str, dict[str, Any]] = {}
     # Jobs admitted by earlier requests and not yet claimed: a recount cannot see them.
     unclaimed: Counter[str] = Counter()

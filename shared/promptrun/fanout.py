@@ -139,12 +139,7 @@ def store_versions(session: Any, prompts: list[Any]) -> None:
             insert(PromptVersion)
             .values(
                 [
-                    {
-                        "prompt_id": p.id,
-                        "version": p.version,
-                        "text": p.text,
-                        "system_text": p.system_text,
-                    }
+                    {"prompt_id": p.id, "version": p.version, "text": p.text, "system_text": p.system_text}
                     for p in prompts
                 ]
             )

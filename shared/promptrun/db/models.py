@@ -91,7 +91,9 @@ class PromptVersion(Base):
     """A prompt's text as it was at one version: immutable (a trigger refuses updates)."""
 
     __tablename__ = "prompt_versions"
-    __table_args__ = (UniqueConstraint("prompt_id", "version", name="uq_prompt_versions_version"),)
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "version", name="uq_prompt_versions_version"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     prompt_id: Mapped[int] = mapped_column(

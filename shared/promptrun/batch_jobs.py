@@ -2,23 +2,29 @@
 
 - `lock_batch`: the rows of every job id, locked in id order (two batches sharing ids never
   wait on each other in opposite orders), with what a claim needs and whether each may be
-  claimed now; admission (limits.admit) runs on what it returns, in the same transaction.
-- `claim_batch`: the admitted ones marked processing, each guarded as jobs.claim_job is.
+  claimed now; then, in the same statement, the limits rows of the claimable jobs' models
+  (after the jobs, as every writer of both locks them). Admission (limits.decide_many) runs
+  on what it returns, in the same transaction.
+- `claim_batch`: the admitted ones marked processing, each guarded as jobs.claim_job is, and
+  what admission took written, one statement (its COMMIT in the same packet).
 - `complete_batch`: responses, mentions and completions in one statement, each job guarded
-  by its claimed attempt: a job a newer attempt owns gets nothing written.
+  by its claimed attempt: a job a newer attempt owns gets nothing written; usually the
+  calls' release too, the statement its own transaction (`autocommit`).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from promptrun import limits
+from promptrun.db import pg8000_fast
 from promptrun.jobs import ClaimedJob, Usage, claimed_from_row
 from promptrun.model_call import Answer
 
@@ -38,6 +44,12 @@ _LOCK = text(
                {_CLAIMABLE} AS claimable
         FROM prompt_jobs j WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
         ORDER BY j.id FOR UPDATE
+    ), flow_keys AS MATERIALIZED (
+        -- every job row read (and locked) before the first limits row is locked
+        SELECT DISTINCT 'model:' || m.slug AS key
+        FROM locked l JOIN models m ON m.id = l.model_id WHERE l.claimable AND m.enabled
+    ), flows AS MATERIALIZED (
+        {limits.LOCK_FLOWS_SQL}
     )
     SELECT l.id, l.status, l.wait, l.lease_left, l.claimable,
            l.attempt_count >= l.max_attempts AS exhausted,
@@ -50,7 +62,8 @@ _LOCK = text(
            e.slug AS e_slug, e.provider AS e_provider, e.provider_model AS e_provider_model,
            e.base_url AS e_base_url, e.params AS e_params,
            e.price_input_per_mtok AS e_price_input_per_mtok,
-           e.price_output_per_mtok AS e_price_output_per_mtok
+           e.price_output_per_mtok AS e_price_output_per_mtok,
+           (SELECT rows FROM flows) AS flows
     FROM locked l JOIN prompts p ON p.id = l.prompt_id JOIN models m ON m.id = l.model_id
     -- the job runs the version it records, never the prompt's current text
     LEFT JOIN prompt_versions v ON v.prompt_id = l.prompt_id AND v.version = l.prompt_version
@@ -75,6 +88,13 @@ _CLAIM = text(_CLAIM_SQL)
 _TAKE_AND_CLAIM = text(f"WITH take AS ({limits.TAKE_SQL}) {_CLAIM_SQL}")
 
 
+def _ends_transaction(conn: Connection, last: bool) -> None:
+    """The next statement is the transaction's last: its COMMIT rides with it (pg8000_fast)."""
+    dbapi = conn.connection.dbapi_connection
+    if last and isinstance(dbapi, pg8000_fast.Connection):
+        dbapi.commit_with_next()
+
+
 def _id_list(job_ids: Sequence[uuid.UUID]) -> str:
     """Ids as one comma-separated text (string_to_array): pg8000 escapes an array's
     elements character by character in Python."""
@@ -96,10 +116,23 @@ class Locked:
     job: ClaimedJob | None
 
 
-def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Locked]:
-    """The jobs among `job_ids` that exist, locked; ids not returned have no job."""
+@dataclass
+class LockedBatch:
+    """What `lock_batch` found: the jobs, and the limits rows their admission needs (locked
+    too, after the jobs; limits.decide_many takes them as `rows`)."""
+
+    jobs: dict[uuid.UUID, Locked]
+    flows: dict[str, dict[str, Any]]
+
+
+def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
+    """The jobs among `job_ids` that exist, locked; ids not returned have no job. With them,
+    locked in the same statement, the limits rows of the models of the claimable ones."""
     found: dict[uuid.UUID, Locked] = {}
+    flows: dict[str, dict[str, Any]] = {}
     for row in conn.execute(_LOCK, {"ids": _id_list(job_ids)}).mappings():
+        if not flows and row["flows"] is not None:
+            flows = limits.flow_rows(row["flows"])
         missing = row["version_id"] is None
         found[row["id"]] = Locked(
             id=row["id"],
@@ -111,7 +144,7 @@ def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID
             version_missing=str(row["prompt_version"]) if missing else None,
             job=None if missing else claimed_from_row(row),
         )
-    return found
+    return LockedBatch(found, flows)
 
 
 def claim_batch(
@@ -119,14 +152,19 @@ def claim_batch(
     job_ids: Sequence[uuid.UUID],
     lease_seconds: int,
     taken: limits.Taken | None = None,
+    *,
+    last: bool = False,
 ) -> set[uuid.UUID]:
     """Claim jobs `lock_batch` found claimable in this transaction, and write what their
-    admission took (`taken`), one statement; the ids claimed."""
+    admission took (`taken`), one statement; the ids claimed. `last`: nothing follows in the
+    transaction, so its COMMIT goes out with the statement (committed when this returns)."""
     if not job_ids:
         if taken is not None:
+            _ends_transaction(conn, last)
             limits.write(conn, taken)
         return set()
     params: dict[str, Any] = {"ids": _id_list(job_ids), "lease": lease_seconds}
+    _ends_transaction(conn, last)
     if taken is not None and taken.params:
         return {r[0] for r in conn.execute(_TAKE_AND_CLAIM, {**params, **taken.params})}
     return {r[0] for r in conn.execute(_CLAIM, params)}
@@ -134,8 +172,7 @@ def claim_batch(
 
 # The rows travel as three JSON documents (one json.dumps each): pg8000 would escape every
 # element of a text array in Python, about 1 ms per job.
-_COMPLETE = text(
-    """
+_COMPLETE_CTES = """
     WITH v AS (
         SELECT * FROM json_to_recordset(CAST(:jobs AS json))
             AS t(id uuid, attempt int, inp int, out int, cost numeric)
@@ -176,9 +213,25 @@ _COMPLETE = text(
                   display_name text, entity_type text, rank int, sentiment text, snippet text)
         WHERE m.job_id IN (SELECT id FROM done)
     )
-    SELECT id FROM done
-    """
-)
+"""
+_COMPLETE = text(f"{_COMPLETE_CTES} SELECT id FROM done")
+# The calls' release in the same statement (limits.RELEASE_DONE_SQL): run on its own, outside
+# a transaction block, the statement is the whole transaction (one round trip, no COMMIT).
+_COMPLETE_AND_RELEASE = text(f"{_COMPLETE_CTES}, {limits.RELEASE_DONE_SQL} SELECT id FROM done")
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection on which each statement is its own transaction: no BEGIN and no
+    COMMIT to wait for. For one statement that must be atomic on its own (a statement is)."""
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.autocommit = True
+        try:
+            yield conn
+        finally:  # back to the pool as it came out of it
+            dbapi.autocommit = False
 
 
 @dataclass(frozen=True)
@@ -190,9 +243,12 @@ class Finished:
     spent: Usage
 
 
-def complete_batch(conn: Connection, finished: Sequence[Finished]) -> set[uuid.UUID]:
+def complete_batch(
+    conn: Connection, finished: Sequence[Finished], release: dict[str, Any] | None = None
+) -> set[uuid.UUID]:
     """Mark succeeded and store answers and mentions, one statement; the ids this worker
-    still owned (the others' attempts are stale and nothing of theirs is written)."""
+    still owned (the others' attempts are stale and nothing of theirs is written).
+    `release` (limits.release_done_params): the owned jobs' calls released by it too."""
     if not finished:
         return set()
     jobs = [
@@ -213,4 +269,6 @@ def complete_batch(conn: Connection, finished: Sequence[Finished]) -> set[uuid.U
         "responses": json.dumps(responses, default=str),
         "mentions": json.dumps(mentions, default=str),
     }
+    if release is not None:
+        return {r[0] for r in conn.execute(_COMPLETE_AND_RELEASE, {**params, **release})}
     return {r[0] for r in conn.execute(_COMPLETE, params)}

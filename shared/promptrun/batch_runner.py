@@ -30,7 +30,7 @@ from promptrun.jobs import ClaimedJob
 from promptrun.model_call import Answer, ModelCaller, ProviderFactory, StaleAttempt
 from promptrun.observability import logger, metrics
 from promptrun.processor import JobMessage, JobRunner, Outcome, parse_message
-from promptrun.providers import ErrorKind, ProviderError, get_provider
+from promptrun.providers import ErrorKind, ProviderError, get_provider, offline
 from promptrun.providers.errors import redact
 from promptrun.settings import Settings
 from promptrun.waiting import (
@@ -84,6 +84,16 @@ class _Attempt:
     spent: jobs.Usage = field(default_factory=jobs.Usage)
     answer: Answer | None = None
     error: Exception | None = None
+
+
+def _waits(job: ClaimedJob) -> bool:
+    """Whether the job's calls can block: any provider's but a zero-latency offline model's.
+    Calls that cannot block run on the batch's own thread (a thread hop and the GIL handed
+    back and forth cost more than the call)."""
+    return any(
+        m.provider != "offline" or offline.waits(m.params)
+        for m in (job.model, job.extraction_model)
+    )
 
 
 @dataclass
@@ -155,7 +165,8 @@ class BatchRunner:
         unrun: dict[uuid.UUID, Outcome] = {}
         broken: list[uuid.UUID] = []
         with self.engine.begin() as conn:
-            found = batch_jobs.lock_batch(conn, list(pending))
+            batch = batch_jobs.lock_batch(conn, list(pending))
+            found = batch.jobs
             runnable: list[Locked] = []
             for job_id in pending:
                 locked = found.get(job_id)
@@ -176,9 +187,9 @@ class BatchRunner:
                     broken.append(job_id)
                 else:
                     runnable.append(locked)
-            admitted, taken = self._admit(conn, runnable, pending, waits)
+            admitted, taken = self._admit(conn, runnable, pending, waits, batch.flows)
             claimed = batch_jobs.claim_batch(
-                conn, [a.job.id for a in admitted], self.settings.lease_seconds, taken
+                conn, [a.job.id for a in admitted], self.settings.lease_seconds, taken, last=True
             )
         attempts = [a for a in admitted if a.job.id in claimed]
         for job_id in pending:
@@ -226,6 +237,7 @@ class BatchRunner:
         runnable: list[Locked],
         pending: dict[uuid.UUID, tuple[Record, float | None]],
         waits: dict[uuid.UUID, RetryLater],
+        flows: dict[str, dict[str, Any]],
     ) -> tuple[list[_Attempt], limits.Taken | None]:
         """Admit the jobs per (model, batch, turn) in this transaction: those beyond what
         their limits allow now are left queued, with the reason written on them. What the
@@ -249,7 +261,7 @@ class BatchRunner:
             limits.Request(slug, batch_key, len(group), demand, turn=turn)
             for ((slug, batch_key, turn), group), demand in zip(ordered, demands, strict=True)
         ]
-        taken = limits.decide_many(conn, requests) if requests else None
+        taken = limits.decide_many(conn, requests, flows) if requests else None
         admissions = taken.admissions if taken is not None else []
         for (_, group), demand, admission in zip(ordered, demands, admissions, strict=True):
             lease = limits.Lease.of(admission, demand)
@@ -281,7 +293,7 @@ class BatchRunner:
             except Exception as exc:  # recorded below, per job
                 attempt.error = exc
 
-        if self.threads is not None and len(calls) > 1:
+        if self.threads is not None and len(calls) > 1 and any(_waits(a.job) for a in calls):
             futures = [self.threads.submit(call, a) for a in calls[1:]]
             call(calls[0])  # this thread takes one share rather than wait idle
             for future in futures:
@@ -308,24 +320,30 @@ class BatchRunner:
         if not answered:
             return set()
         finished = [Finished(a.job, a.answer, a.spent) for a in answered if a.answer]
+        ended = [
+            (
+                a.job.id,
+                limits.Ended(
+                    a.lease,
+                    a.spent.input_tokens + a.spent.output_tokens,
+                    a.spent.cost_usd,
+                    succeeded=a.answer.throttled is None,
+                    throttled_for=a.answer.throttled,
+                    quota_wait=a.answer.quota_wait,
+                ),
+            )
+            for a in answered
+            if a.lease is not None and a.answer is not None
+        ]
+        release = limits.release_done_params(ended)
         try:
-            with self.engine.begin() as conn:
-                owned = batch_jobs.complete_batch(conn, finished)
-                limits.release_many(
-                    conn,
-                    [
-                        limits.Ended(
-                            a.lease,
-                            a.spent.input_tokens + a.spent.output_tokens,
-                            a.spent.cost_usd,
-                            succeeded=a.answer.throttled is None,
-                            throttled_for=a.answer.throttled,
-                            quota_wait=a.answer.quota_wait,
-                        )
-                        for a in answered
-                        if a.job.id in owned and a.lease is not None and a.answer is not None
-                    ],
-                )
+            if release is not None:  # the usual case: one statement, its own transaction
+                with batch_jobs.autocommit(self.engine) as conn:
+                    owned = batch_jobs.complete_batch(conn, finished, release)
+            else:
+                with self.engine.begin() as conn:
+                    owned = batch_jobs.complete_batch(conn, finished)
+                    limits.release_many(conn, [e for job_id, e in ended if job_id in owned])
             return {a.job.id for a in answered} - owned
         except Exception as exc:
             logger.warning(

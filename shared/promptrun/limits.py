@@ -23,6 +23,7 @@ in flight. `admit` grants up to `wanted` jobs of one model at once (a whole SQS 
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -141,6 +142,56 @@ _LOCK_ROWS = text(
     FROM flow_limits c WHERE c.key = 'catalog'
     """
 )
+# The same rows as _LOCK_ROWS, as one JSON document, for a statement that locks them beside
+# other rows (promptrun.batch_jobs): its `flow_keys` CTE names the models' keys. Money as
+# text, so that it stays exact; the clock read after the rows are locked.
+LOCK_FLOWS_SQL = """
+    WITH l AS (
+        SELECT * FROM flow_limits
+        WHERE key IN (SELECT key FROM flow_keys)
+           OR key IN (SELECT group_key FROM flow_limits WHERE key IN (SELECT key FROM flow_keys))
+        ORDER BY key FOR UPDATE
+    ), r AS (
+        SELECT to_jsonb(l) || jsonb_build_object(
+                   'budget_batch_usd', l.budget_batch_usd::text,
+                   'budget_day_usd', l.budget_day_usd::text) AS row
+        FROM l
+        UNION ALL
+        SELECT to_jsonb(c) || jsonb_build_object(
+                   'budget_batch_usd', c.budget_batch_usd::text,
+                   'budget_day_usd', c.budget_day_usd::text)
+        FROM flow_limits c WHERE c.key = 'catalog'
+    )
+    SELECT jsonb_build_object(
+        'rows', (SELECT coalesce(jsonb_agg(row), '[]') FROM r),
+        'now_s', EXTRACT(EPOCH FROM clock_timestamp())::float8,
+        'today', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD')) AS rows
+"""
+
+
+_FLOAT_COLUMNS = (
+    "request_tat",
+    "token_tat",
+    "queue_tat",
+    "rate_factor",
+    "decreased_at",
+    "recounted_at",
+)
+
+
+def flow_rows(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """LOCK_FLOWS_SQL's document as decide_many's `rows`: key -> row, as _LOCK_ROWS gives it."""
+    rows = {}
+    for row in document["rows"]:
+        for money in ("budget_batch_usd", "budget_day_usd"):
+            if row[money] is not None:
+                row[money] = Decimal(row[money])
+        for clock in _FLOAT_COLUMNS:  # JSON writes 0.0 as 0
+            row[clock] = float(row[clock])
+        rows[row["key"]] = {**row, "now_s": document["now_s"], "today": document["today"]}
+    return rows
+
+
 _RECOUNT = text(
     """
     SELECT count(*) FROM prompt_jobs j
@@ -236,10 +287,16 @@ def write(conn: Connection, taken: Taken) -> None:
         conn.execute(_TAKE, taken.params)
 
 
-def decide_many(conn: Connection, requests: Sequence[Request]) -> Taken:
-    """`admit_many` without its last statement."""
-    keys = sorted({model_key(r.model_slug) for r in requests})
-    rows = {r["key"]: dict(r) for r in conn.execute(_LOCK_ROWS, {"mks": keys}).mappings()}
+def decide_many(
+    conn: Connection,
+    requests: Sequence[Request],
+    rows: dict[str, dict[str, Any]] | None = None,
+) -> Taken:
+    """`admit_many` without its last statement. `rows`: the requests' limits rows, locked
+    already in this transaction (flow_rows); by default they are locked here."""
+    if rows is None:
+        keys = sorted({model_key(r.model_slug) for r in requests})
+        rows = {r["key"]: dict(r) for r in conn.execute(_LOCK_ROWS, {"mks": keys}).mappings()}
     changed: dict[str, dict[str, Any]] = {}
     # Jobs admitted by earlier requests and not yet claimed: a recount cannot see them.
     unclaimed: Counter[str] = Counter()
@@ -587,6 +644,33 @@ _RECONCILE_SPEND = text(
 )
 
 
+# The release of a finishing batch's calls as CTEs of the statement that completes their jobs
+# (promptrun.batch_jobs), after its `done` CTE (the ids it completed: only those release).
+# Their rows are locked in key order, after the jobs (as every writer of both does). Slots,
+# tokens and the rate's increase only: a 429, a quota hint or a budget takes release_many.
+RELEASE_DONE_SQL = """
+    ended AS (
+        SELECT r.key, count(*) AS calls, sum(r.token_delta) AS token_delta
+        FROM json_to_recordset(CAST(:releases AS json)) AS r(job_id uuid, key text,
+                                                              token_delta float8)
+        WHERE r.job_id IN (SELECT id FROM done) GROUP BY r.key
+    ), released AS (
+        UPDATE flow_limits AS f SET
+            in_flight = GREATEST(f.in_flight - e.calls, 0),
+            token_tat = CASE WHEN f.tpm IS NULL THEN f.token_tat
+                             ELSE f.token_tat + e.token_delta * 60.0
+                                  / (f.tpm * CAST(:share AS float8) * f.rate_factor) END,
+            rate_factor = LEAST(1.0, f.rate_factor
+                                + e.calls / GREATEST(CAST(:min_steps AS float8),
+                                                     COALESCE(f.rpm, 40) / CAST(:divisor AS float8))),
+            updated_at = now()
+        FROM ended e
+        WHERE f.key = e.key AND f.key IN (
+            SELECT key FROM flow_limits WHERE key IN (SELECT key FROM ended) ORDER BY key FOR UPDATE)
+    )
+"""
+
+
 @dataclass(frozen=True)
 class Ended:
     """One call's release (the arguments of `release`), for `release_many`."""
@@ -597,6 +681,25 @@ class Ended:
     succeeded: bool
     throttled_for: float | None = None
     quota_wait: float | None = None
+
+
+def release_done_params(ended: Sequence[tuple[Any, Ended]]) -> dict[str, Any] | None:
+    """RELEASE_DONE_SQL's parameters for these (job id, release) pairs; None when one of them
+    needs more than it does (release_many then): a 429, a quota hint, a budget to reconcile."""
+    rows: list[dict[str, Any]] = []
+    for job_id, e in ended:
+        if e.throttled_for is not None or e.quota_wait or not e.succeeded:
+            return None
+        if e.lease.budget_periods and e.cost_usd != e.lease.demand.cost_usd:
+            return None
+        delta = float(e.tokens_used - e.lease.demand.tokens) if e.tokens_used else 0.0
+        rows.extend({"job_id": str(job_id), "key": k, "token_delta": delta} for k in e.lease.keys)
+    return {
+        "releases": json.dumps(rows),
+        "share": TARGET_SHARE,
+        "min_steps": INCREASE_MIN_STEPS,
+        "divisor": INCREASE_DIVISOR,
+    }
 
 
 def release_many(conn: Connection, ended: Sequence[Ended]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
 from promptrun.db import pg8000_fast
 from promptrun.db.engine import dispose_engines, get_engine
@@ -117,3 +117,46 @@ def test_large_statements_are_not_held_back_by_nagle(fast: Engine) -> None:
         assert raw._usock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         big = "x" * 100_000
         assert conn.execute(text("SELECT length(:v)"), {"v": big}).scalar() == 100_000
+
+
+def test_a_commit_rides_with_the_transactions_last_statement(
+    fast: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fast.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS ride (id int PRIMARY KEY)"))
+    try:
+        trips = round_trips(monkeypatch)
+        with fast.begin() as conn:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, pg8000_fast.Connection)
+            trips[0] = 0
+            conn.execute(text("INSERT INTO ride VALUES (1)"))
+            raw.commit_with_next()
+            inserted = conn.execute(text("INSERT INTO ride VALUES (:i) RETURNING id"), {"i": 2})
+            assert inserted.scalar() == 2
+        # BEGIN with the first insert; the second and its COMMIT in one packet; no more.
+        assert trips[0] == 2
+        with fast.connect() as other:
+            assert other.execute(text("SELECT count(*) FROM ride")).scalar() == 2
+        # A failing last statement: its COMMIT only rolls back, the connection stays usable.
+        with pytest.raises(DBAPIError), fast.begin() as conn:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, pg8000_fast.Connection)
+            conn.execute(text("INSERT INTO ride VALUES (3)"))
+            raw.commit_with_next()
+            conn.execute(text("INSERT INTO ride VALUES (1)"))  # a duplicate key (simple query)
+        with fast.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM ride")).scalar() == 2
+        # A marked transaction that ended before its statement leaves no COMMIT behind.
+        with fast.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, pg8000_fast.Connection)
+            with pytest.raises(RuntimeError), conn.begin():
+                raw.commit_with_next()
+                raise RuntimeError("before the statement")
+            conn.execute(text("INSERT INTO ride VALUES (4)"))
+            conn.rollback()
+            assert conn.execute(text("SELECT count(*) FROM ride")).scalar() == 2
+    finally:
+        with fast.begin() as conn:
+            conn.execute(text("DROP TABLE ride"))

@@ -7,7 +7,8 @@ the SQL text character by character on every call to turn `%s` into `$n`. Here:
 - Parse, Describe, Bind and Execute go out together with one Sync: one round trip. Text
   parameters (all pg8000 sends) need nothing from the Describe answer, so nothing is lost;
   an error anywhere makes the server skip to the Sync, as before.
-- BEGIN is held back and sent in the same packet as the transaction's first statement.
+- BEGIN is held back and sent in the same packet as the transaction's first statement;
+  a COMMIT can ride behind the transaction's last one (`commit_with_next`).
 - The `%s` -> `$n` conversion is remembered per SQL text (the texts are a fixed set).
 - TCP_NODELAY: a statement larger than the socket buffer leaves in several writes, and Nagle's
   algorithm would hold the last one for the server's delayed ACK (about 40 ms each time).
@@ -28,6 +29,7 @@ from pg8000.dbapi import convert_paramstyle
 from pg8000.exceptions import InterfaceError
 
 _BEGIN = "begin transaction"
+_COMMIT = "commit"
 _POSITIONAL = ("numeric", "qmark", "format")
 
 
@@ -48,6 +50,12 @@ class Connection(pg8000.legacy.Connection):
     """pg8000's DB-API connection, one round trip per statement (BEGIN included)."""
 
     _begin_pending = False
+    _commit_after = False
+
+    def commit_with_next(self) -> None:
+        """The transaction ends with the next statement: its COMMIT goes out in the same
+        packet (one round trip less). Should the statement fail, that COMMIT only rolls back."""
+        self._commit_after = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -61,8 +69,9 @@ class Connection(pg8000.legacy.Connection):
         begin = self._send_pending_begin()
         context = Context(statement)
         self.send_QUERY(statement)
+        commit = self._send_commit_after()
         _flush(self._sock)
-        self._finish(begin, context)
+        self._finish(begin, context, commit)
         return context
 
     def execute_unnamed(
@@ -82,22 +91,27 @@ class Connection(pg8000.legacy.Connection):
         self.send_BIND(NULL_BYTE, params)
         self.send_EXECUTE()
         _write(self._sock, SYNC_MSG)
+        commit = self._send_commit_after()
         try:
             _flush(self._sock)
         except AttributeError:
             raise InterfaceError("connection is closed") from None
-        self._finish(begin, context)
+        self._finish(begin, context, commit)
         return context
 
     def commit(self) -> None:
+        self._commit_after = False
         if self._begin_pending:  # nothing ran: there is nothing to commit
             self._begin_pending = False
+            return
+        if not self._in_transaction:  # committed with its last statement (commit_with_next)
             return
         super().commit()
 
     def rollback(self) -> None:
         # An empty transaction leaves no BEGIN behind for a later autocommit statement.
         self._begin_pending = False
+        self._commit_after = False
         super().rollback()
 
     def _send_pending_begin(self) -> Context | None:
@@ -107,17 +121,23 @@ class Connection(pg8000.legacy.Connection):
         self.send_QUERY(_BEGIN)
         return Context(_BEGIN)
 
-    def _finish(self, begin: Context | None, context: Context | None) -> None:
+    def _send_commit_after(self) -> Context | None:
+        if not self._commit_after:
+            return None
+        self._commit_after = False
+        self.send_QUERY(_COMMIT)
+        return Context(_COMMIT)
+
+    def _finish(
+        self, begin: Context | None, context: Context | None, commit: Context | None = None
+    ) -> None:
         """Read every answer that was sent for, then raise the first error among them."""
         error: Exception | None = None
-        if begin is not None:
+        for sent in (begin, context, commit):
+            if sent is None:
+                continue
             try:
-                self.handle_messages(begin)
-            except Exception as exc:
-                error = exc
-        if context is not None:
-            try:
-                self.handle_messages(context)
+                self.handle_messages(sent)
             except Exception as exc:
                 error = error or exc
         if error is not None:

@@ -36,6 +36,12 @@ VOCABULARY: list[tuple[str, str]] = [
 SENTIMENTS = ("positive", "neutral", "negative")
 
 
+def waits(params: dict[str, object]) -> bool:
+    """Whether a call with these params can block (a simulated latency, or an error whose
+    handling may sleep): the others are pure computation, not worth a thread of their own."""
+    return bool(params.get("latency_ms")) or bool(params.get("simulate_error"))
+
+
 def _words(text: str) -> int:
     return max(1, len(re.findall(r"\S+", text)))
 

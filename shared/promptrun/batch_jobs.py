@@ -25,14 +25,15 @@ from sqlalchemy import Connection, Engine, text
 
 from promptrun import limits
 from promptrun.db import pg8000_fast
-from promptrun.jobs import ClaimedJob, Usage, claimed_from_row
+from promptrun.jobs import (
+    CLAIMABLE,
+    CONTEXT_COLUMNS,
+    CONTEXT_JOINS,
+    ClaimedJob,
+    Usage,
+    claimed_from_row,
+)
 from promptrun.model_call import Answer
-
-_CLAIMABLE = """
-    ((j.status = 'queued' AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= now()))
-     OR (j.status = 'processing' AND j.lease_expires_at < now()
-         AND j.cancel_requested_at IS NULL AND j.attempt_count < j.max_attempts))
-"""
 
 _LOCK = text(
     f"""
@@ -41,7 +42,7 @@ _LOCK = text(
                j.prompt_id, j.model_id, j.prompt_version,
                GREATEST(0, EXTRACT(EPOCH FROM (j.next_attempt_at - now())))::float8 AS wait,
                GREATEST(0, EXTRACT(EPOCH FROM (j.lease_expires_at - now())))::float8 AS lease_left,
-               {_CLAIMABLE} AS claimable
+               {CLAIMABLE} AS claimable
         FROM prompt_jobs j WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
         ORDER BY j.id FOR UPDATE
     ), flow_keys AS MATERIALIZED (
@@ -54,20 +55,9 @@ _LOCK = text(
     SELECT l.id, l.status, l.wait, l.lease_left, l.claimable,
            l.attempt_count >= l.max_attempts AS exhausted,
            l.attempt_count + 1 AS attempt_count, l.max_attempts, l.run_index, l.batch_key,
-           p.id AS prompt_id, p.slug AS prompt_slug, v.text AS prompt_text, v.system_text,
-           l.prompt_version, v.id AS version_id,
-           m.id AS model_id, m.enabled AS model_enabled,
-           m.slug, m.provider, m.provider_model, m.base_url, m.params,
-           m.price_input_per_mtok, m.price_output_per_mtok,
-           e.slug AS e_slug, e.provider AS e_provider, e.provider_model AS e_provider_model,
-           e.base_url AS e_base_url, e.params AS e_params,
-           e.price_input_per_mtok AS e_price_input_per_mtok,
-           e.price_output_per_mtok AS e_price_output_per_mtok,
-           (SELECT rows FROM flows) AS flows
-    FROM locked l JOIN prompts p ON p.id = l.prompt_id JOIN models m ON m.id = l.model_id
-    -- the job runs the version it records, never the prompt's current text
-    LEFT JOIN prompt_versions v ON v.prompt_id = l.prompt_id AND v.version = l.prompt_version
-    LEFT JOIN models e ON e.id = m.extraction_model_id
+           (SELECT rows FROM flows) AS flows,
+           {CONTEXT_COLUMNS.format(r="l")}
+    FROM locked l {CONTEXT_JOINS.format(r="l")}
     """
 )
 
@@ -80,7 +70,7 @@ _CLAIM_SQL = f"""
         next_attempt_at = NULL,
         wait_reason = NULL,
         updated_at = now()
-    WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {_CLAIMABLE}
+    WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {CLAIMABLE}
     RETURNING j.id
 """
 _CLAIM = text(_CLAIM_SQL)

@@ -362,12 +362,7 @@ class BatchRunner:
 
     def _outcome(self, attempt: _Attempt, stale: set[uuid.UUID]) -> Outcome:
         job = attempt.job
-        log = {
-            "job_id": str(job.id),
-            "attempt": job.attempt,
-            "model": job.model_slug,
-            "prompt": job.prompt_slug,
-        }
+        log = job.log_fields
         if not job.model_enabled:
             # Disabled in the catalogue after the fan-out: not run, and said so.
             return self.single.end_unrun(

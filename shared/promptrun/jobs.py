@@ -57,6 +57,16 @@ class ClaimedJob:
     def model_slug(self) -> str:
         return self.model.slug
 
+    @property
+    def log_fields(self) -> dict[str, Any]:
+        """What a log line about this attempt names."""
+        return {
+            "job_id": str(self.id),
+            "attempt": self.attempt,
+            "model": self.model.slug,
+            "prompt": self.prompt_slug,
+        }
+
 
 @dataclass(frozen=True)
 class JobState:
@@ -67,38 +77,50 @@ class JobState:
     seconds_until_lease_ends: float = 0.0
 
 
-_CLAIM = text(
-    """
-    WITH claimed AS (
-        UPDATE prompt_jobs SET
-            status = 'processing',
-            attempt_count = attempt_count + 1,
-            lease_expires_at = now() + make_interval(secs => :lease),
-            started_at = COALESCE(started_at, now()),
-            next_attempt_at = NULL,
-            wait_reason = NULL,
-            updated_at = now()
-        WHERE id = :id
-          AND ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-               OR (status = 'processing' AND lease_expires_at < now()
-                   AND cancel_requested_at IS NULL AND attempt_count < max_attempts))
-        RETURNING id, attempt_count, max_attempts, run_index, batch_key, prompt_id, model_id,
-                  prompt_version
-    )
-    SELECT c.id, c.attempt_count, c.max_attempts, c.run_index, c.batch_key,
+# A job row `j` that may be claimed now: queued and due, or its lease expired with attempts left
+# and no cancel requested.
+CLAIMABLE = """
+    ((j.status = 'queued' AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= now()))
+     OR (j.status = 'processing' AND j.lease_expires_at < now()
+         AND j.cancel_requested_at IS NULL AND j.attempt_count < j.max_attempts))
+"""
+
+# What a claim reads beside the job row `{r}` (which brings its own columns): the version of the
+# prompt it records, its model and its extraction model, as claimed_from_row reads them.
+CONTEXT_COLUMNS = """
            p.id AS prompt_id, p.slug AS prompt_slug, v.text AS prompt_text, v.system_text,
-           c.prompt_version, v.id AS version_id,
+           {r}.prompt_version, v.id AS version_id,
            m.id AS model_id, m.enabled AS model_enabled,
            m.slug, m.provider, m.provider_model, m.base_url, m.params,
            m.price_input_per_mtok, m.price_output_per_mtok,
            e.slug AS e_slug, e.provider AS e_provider, e.provider_model AS e_provider_model,
            e.base_url AS e_base_url, e.params AS e_params,
            e.price_input_per_mtok AS e_price_input_per_mtok,
-           e.price_output_per_mtok AS e_price_output_per_mtok
-    FROM claimed c JOIN prompts p ON p.id = c.prompt_id JOIN models m ON m.id = c.model_id
+           e.price_output_per_mtok AS e_price_output_per_mtok"""
+CONTEXT_JOINS = """
+    JOIN prompts p ON p.id = {r}.prompt_id JOIN models m ON m.id = {r}.model_id
     -- the job runs the version it records, never the prompt's current text
-    LEFT JOIN prompt_versions v ON v.prompt_id = c.prompt_id AND v.version = c.prompt_version
-    LEFT JOIN models e ON e.id = m.extraction_model_id
+    LEFT JOIN prompt_versions v ON v.prompt_id = {r}.prompt_id AND v.version = {r}.prompt_version
+    LEFT JOIN models e ON e.id = m.extraction_model_id"""
+
+_CLAIM = text(
+    f"""
+    WITH claimed AS (
+        UPDATE prompt_jobs j SET
+            status = 'processing',
+            attempt_count = j.attempt_count + 1,
+            lease_expires_at = now() + make_interval(secs => :lease),
+            started_at = COALESCE(j.started_at, now()),
+            next_attempt_at = NULL,
+            wait_reason = NULL,
+            updated_at = now()
+        WHERE j.id = :id AND {CLAIMABLE}
+        RETURNING j.id, j.attempt_count, j.max_attempts, j.run_index, j.batch_key, j.prompt_id,
+                  j.model_id, j.prompt_version
+    )
+    SELECT c.id, c.attempt_count, c.max_attempts, c.run_index, c.batch_key,
+           {CONTEXT_COLUMNS.format(r="c")}
+    FROM claimed c {CONTEXT_JOINS.format(r="c")}
     """
 )
 

@@ -203,12 +203,7 @@ class JobRunner:
         job, lease, unclaimed = self._claim(job_id, turn)
         if job is None:
             return unclaimed
-        log = {
-            "job_id": str(job.id),
-            "attempt": job.attempt,
-            "model": job.model_slug,
-            "prompt": job.prompt_slug,
-        }
+        log = job.log_fields
         if not job.model_enabled:
             # Disabled in the catalogue after the fan-out: not run, and said so.
             return self.end_unrun(

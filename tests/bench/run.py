@@ -8,6 +8,7 @@ baseline, the fan-out at 100,000 jobs, and status reads at 1M jobs / ~4M mention
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -173,10 +174,15 @@ def _run_batch(runner: BatchRunner, bodies: list[str]) -> int:
         return len(bodies)
 
 
+def _run_batches(runner: BatchRunner, batches: list[list[str]]) -> int:
+    """One instance's share of the batches, in turn; the records that failed."""
+    return sum(_run_batch(runner, bodies) for bodies in batches)
+
+
 def processor(pg: Any, template: str) -> dict[int, float]:
     print(
         "processor path: BatchRunner.run on SQS batches of 10, offline model with zero latency, "
-        "2 connections per instance"
+        "2 connections per instance (instances are threads of one process)"
     )
     db = stack.create_test_database(pg, template)
     rates: dict[int, float] = {}
@@ -186,6 +192,7 @@ def processor(pg: Any, template: str) -> dict[int, float]:
         engine = get_engine(settings)  # what a processor instance gets: 2 connections
         sync_catalog(engine, load_catalog(catalog()))
         create_jobs(engine, FanoutRequest(at=AT), settings)
+        sep = "&" if "?" in url else "?"
         trips = itertools.count()
         flush = pg8000_fast._flush
 
@@ -194,18 +201,30 @@ def processor(pg: Any, template: str) -> dict[int, float]:
             flush(sock)
 
         for threads in THREADS:
-            # Each simulated instance has its own call threads, as the handler does.
+            # Each simulated instance is a thread with its own runner, call threads and
+            # engine of 2 connections (get_engine, keyed by the URL: an application_name
+            # each), as each Lambda instance has. They share one process, and so its GIL.
             calls = ThreadPoolExecutor((SQS_BATCH - 1) * threads)
-            runner = BatchRunner(engine, settings, None, threads=calls)
+            runners = [
+                BatchRunner(get_engine(instance), instance, None, threads=calls)
+                for instance in (
+                    dataclasses.replace(
+                        settings, database_url=f"{url}{sep}application_name=bench-{i}"
+                    )
+                    for i in range(threads)
+                )
+            ]
             samples = []
             for _ in range(3):
                 bodies = _requeue(engine)
                 batches = [bodies[i : i + SQS_BATCH] for i in range(0, len(bodies), SQS_BATCH)]
+                # Instance i takes every threads-th batch, one after the other.
+                shares = [batches[i::threads] for i in range(threads)]
                 pg8000_fast._flush = counted  # type: ignore[assignment]
                 before = next(trips)
                 started = time.perf_counter()
                 with ThreadPoolExecutor(threads) as pool:
-                    failed = sum(pool.map(_run_batch, [runner] * len(batches), batches))
+                    failed = sum(pool.map(_run_batches, runners, shares))
                 seconds = time.perf_counter() - started
                 if failed:  # e.g. a pool checkout that waited past its timeout
                     print(f"      {failed} records failed")

@@ -16,6 +16,8 @@ from promptrun.settings import get_settings
 settings = get_settings().require("database", "queue")
 # The invocation's own thread makes one model call; these make the rest of the largest batch.
 threads = ThreadPoolExecutor(max_workers=SQS_BATCH - 1, thread_name_prefix="call")
+# One per instance: its SQS client, made on the first job sent back, serves every invocation.
+queue = JobQueue(settings.jobs_queue_url or "")
 
 
 @logger.inject_lambda_context
@@ -23,8 +25,6 @@ threads = ThreadPoolExecutor(max_workers=SQS_BATCH - 1, thread_name_prefix="call
 @metrics.log_metrics
 @batch_completion.after_invocation(lambda: get_engine(settings))
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    runner = BatchRunner(
-        get_engine(settings), settings, JobQueue(settings.jobs_queue_url or ""), threads=threads
-    )
+    runner = BatchRunner(get_engine(settings), settings, queue, threads=threads)
     records = [Record.of(r) for r in event.get("Records") or []]
     return runner.run(records, context.get_remaining_time_in_millis).response()

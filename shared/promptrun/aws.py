@@ -67,8 +67,16 @@ class JobQueue:
 
     def __init__(self, queue_url: str, sqs: Any | None = None, max_tries: int = 4) -> None:
         self.queue_url = queue_url
-        self.sqs = sqs or client("sqs")
+        self._sqs = sqs
         self.max_tries = max_tries
+
+    @property
+    def sqs(self) -> Any:
+        """The client, made on the first send: a processor whose jobs succeed sends nothing,
+        and boto3's import and a client cost tens of milliseconds."""
+        if self._sqs is None:
+            self._sqs = client("sqs")
+        return self._sqs
 
     def send_jobs(self, job_ids: Iterable[str], delay_seconds: int = 0) -> SendResult:
         """One message per job id; `delay_seconds` (at most 900) before any is visible."""
@@ -143,7 +151,14 @@ class ContinuationQueue:
 
     def __init__(self, queue_url: str, sqs: Any | None = None) -> None:
         self.queue_url = queue_url
-        self.sqs = sqs or client("sqs")
+        self._sqs = sqs
+
+    @property
+    def sqs(self) -> Any:
+        """The client, made when a fan-out first runs out of time (most never do)."""
+        if self._sqs is None:
+            self._sqs = client("sqs")
+        return self._sqs
 
     def continue_sending(self) -> None:
         self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(CONTINUE_BODY))

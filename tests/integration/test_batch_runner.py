@@ -478,6 +478,8 @@ def test_handler_answers_a_batch_with_its_failures(
         get_settings.cache_clear()
     assert result == {"batchItemFailures": [{"itemIdentifier": "bad"}]}
     assert statuses(engine) == {"succeeded": 2}
+    # Nothing had to go back to the queue: no SQS client was made (boto3's cost is spared).
+    assert handler.queue._sqs is None
 
 
 def test_admitting_several_groups_at_once_never_exceeds_a_limit(

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, text
 from promptrun import limits
 from promptrun.db import pg8000_fast
 from promptrun.jobs import (
+    CLAIM_SET,
     CLAIMABLE,
     CONTEXT_COLUMNS,
     CONTEXT_JOINS,
@@ -62,14 +63,7 @@ _LOCK = text(
 )
 
 _CLAIM_SQL = f"""
-    UPDATE prompt_jobs j SET
-        status = 'processing',
-        attempt_count = j.attempt_count + 1,
-        lease_expires_at = now() + make_interval(secs => :lease),
-        started_at = COALESCE(j.started_at, now()),
-        next_attempt_at = NULL,
-        wait_reason = NULL,
-        updated_at = now()
+    UPDATE prompt_jobs j SET {CLAIM_SET}
     WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {CLAIMABLE}
     RETURNING j.id
 """

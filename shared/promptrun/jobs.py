@@ -103,17 +103,20 @@ CONTEXT_JOINS = """
     LEFT JOIN prompt_versions v ON v.prompt_id = {r}.prompt_id AND v.version = {r}.prompt_version
     LEFT JOIN models e ON e.id = m.extraction_model_id"""
 
+# What claiming does to a job row `j`: an attempt counted, a lease of :lease seconds.
+CLAIM_SET = """
+    status = 'processing',
+    attempt_count = j.attempt_count + 1,
+    lease_expires_at = now() + make_interval(secs => :lease),
+    started_at = COALESCE(j.started_at, now()),
+    next_attempt_at = NULL,
+    wait_reason = NULL,
+    updated_at = now()"""
+
 _CLAIM = text(
     f"""
     WITH claimed AS (
-        UPDATE prompt_jobs j SET
-            status = 'processing',
-            attempt_count = j.attempt_count + 1,
-            lease_expires_at = now() + make_interval(secs => :lease),
-            started_at = COALESCE(j.started_at, now()),
-            next_attempt_at = NULL,
-            wait_reason = NULL,
-            updated_at = now()
+        UPDATE prompt_jobs j SET {CLAIM_SET}
         WHERE j.id = :id AND {CLAIMABLE}
         RETURNING j.id, j.attempt_count, j.max_attempts, j.run_index, j.batch_key, j.prompt_id,
                   j.model_id, j.prompt_version

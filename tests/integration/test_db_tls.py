@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -20,7 +19,13 @@ from promptrun.db.engine import (
     url_from_secret,
 )
 from promptrun.errors import ConfigError
-from tests.support.tls_postgres import Pem, TlsPostgres, make_ca, make_server_cert
+from tests.support.tls_postgres import (
+    Pem,
+    TlsPostgres,
+    make_ca,
+    make_server_cert,
+    ssl_in_use,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +57,6 @@ def self_signed_server() -> Iterator[TlsPostgres]:
     server.stop()
 
 
-def _ssl_in_use(url: str) -> bool:
-    engine = engine_for_url(url)
-    try:
-        with engine.connect() as conn:
-            return bool(
-                conn.execute(
-                    text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-                ).scalar()
-            )
-    finally:
-        engine.dispose()
-
-
 def _refused(url: str) -> str:
     engine = engine_for_url(url)
     try:
@@ -85,7 +77,7 @@ def test_plaintext_only_server_is_refused(
 
 
 def test_local_stack_exception_connects_in_plaintext(plaintext_server: TlsPostgres) -> None:
-    assert _ssl_in_use(plaintext_server.url(query="sslmode=disable")) is False
+    assert ssl_in_use(plaintext_server.url(query="sslmode=disable")) is False
 
 
 def test_self_signed_certificate_is_refused(self_signed_server: TlsPostgres) -> None:
@@ -101,7 +93,7 @@ def test_trusted_ca_and_matching_host_name_is_accepted_over_tls(
     ca_signed_server: TlsPostgres, test_ca: tuple[Path, object]
 ) -> None:
     url = ca_signed_server.url(host="localhost", query=f"sslrootcert={test_ca[0]}")
-    assert _ssl_in_use(url) is True
+    assert ssl_in_use(url) is True
 
 
 def test_trusted_ca_but_wrong_host_name_is_refused(

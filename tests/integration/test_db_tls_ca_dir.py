@@ -10,12 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from promptrun.db import engine as db_engine
 from promptrun.db.engine import RDS_CA_BUNDLE, engine_for_url, tls_context
-from tests.support.tls_postgres import Pem, TlsPostgres, make_ca, make_server_cert
+from tests.support.tls_postgres import (
+    Pem,
+    TlsPostgres,
+    make_ca,
+    make_server_cert,
+    ssl_in_use,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,19 +47,6 @@ def server(test_ca: tuple[Pem, object]) -> Iterator[TlsPostgres]:
     running.stop()
 
 
-def _connects(url: str) -> bool:
-    engine = engine_for_url(url)
-    try:
-        with engine.connect() as conn:
-            return bool(
-                conn.execute(
-                    text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-                ).scalar()
-            )
-    finally:
-        engine.dispose()
-
-
 def test_a_directory_holding_the_servers_ca_among_the_rds_ones_verifies_it(
     tmp_path: Path, server: TlsPostgres, test_ca: tuple[Pem, object]
 ) -> None:
@@ -62,7 +54,7 @@ def test_a_directory_holding_the_servers_ca_among_the_rds_ones_verifies_it(
     bundle.write_bytes(RDS_CA_BUNDLE.read_bytes() + test_ca[0].cert)
     directory = ca_index(bundle, tmp_path / "ca")
     assert len(list(directory.iterdir())) == 123
-    assert _connects(server.url(host="localhost", query=f"sslrootcert={directory}")) is True
+    assert ssl_in_use(server.url(host="localhost", query=f"sslrootcert={directory}")) is True
 
 
 def test_the_rds_directory_alone_refuses_a_server_of_another_ca(

@@ -15,7 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy import text
 
+from promptrun.db.engine import engine_for_url
 from promptrun.local import postgres
 from tests.support.stack import free_port
 
@@ -174,3 +176,18 @@ class TlsPostgres:
             check=False,
         )
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def ssl_in_use(url: str) -> bool:
+    """Connect with promptrun's TLS policy; whether the session is encrypted (the server's
+    own view). A refused connection raises."""
+    engine = engine_for_url(url)
+    try:
+        with engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                ).scalar()
+            )
+    finally:
+        engine.dispose()

@@ -39,7 +39,8 @@ from promptrun.model_call import Answer
 _LOCK = text(
     f"""
     WITH locked AS MATERIALIZED (
-        SELECT j.id, j.status, j.attempt_count, j.max_attempts, j.run_index, j.batch_key,
+        SELECT j.id, CAST(j.ctid AS text) AS tid, j.status, j.attempt_count, j.max_attempts,
+               j.run_index, j.batch_key,
                j.prompt_id, j.model_id, j.prompt_version,
                GREATEST(0, EXTRACT(EPOCH FROM (j.next_attempt_at - now())))::float8 AS wait,
                GREATEST(0, EXTRACT(EPOCH FROM (j.lease_expires_at - now())))::float8 AS lease_left,
@@ -53,7 +54,7 @@ _LOCK = text(
     ), flows AS MATERIALIZED (
         {limits.LOCK_FLOWS_SQL}
     )
-    SELECT l.id, l.status, l.wait, l.lease_left, l.claimable,
+    SELECT l.id, l.tid, l.status, l.wait, l.lease_left, l.claimable,
            l.attempt_count >= l.max_attempts AS exhausted,
            l.attempt_count + 1 AS attempt_count, l.max_attempts, l.run_index, l.batch_key,
            (SELECT rows FROM flows) AS flows,
@@ -62,9 +63,13 @@ _LOCK = text(
     """
 )
 
+# The rows by their tuple ids (`lock_batch` locked them in this transaction, so they are
+# still where it found them): a TID scan of exactly these rows, never the status index,
+# which stale statistics (a fresh batch all `queued`) can make the planner prefer.
 _CLAIM_SQL = f"""
     UPDATE prompt_jobs j SET {CLAIM_SET}
-    WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {CLAIMABLE}
+    WHERE j.ctid = ANY(CAST(string_to_array(:tids, ' ') AS tid[]))
+      AND j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {CLAIMABLE}
     RETURNING j.id
 """
 _CLAIM = text(_CLAIM_SQL)
@@ -90,6 +95,7 @@ class Locked:
     """One job of the batch as `lock_batch` found it (locked until the transaction ends)."""
 
     id: uuid.UUID
+    tid: str  # where the row is while it stays locked (its ctid)
     status: str
     seconds_until_due: float
     seconds_until_lease_ends: float
@@ -120,6 +126,7 @@ def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
         missing = row["version_id"] is None
         found[row["id"]] = Locked(
             id=row["id"],
+            tid=row["tid"],
             status=row["status"],
             seconds_until_due=float(row["wait"] or 0),
             seconds_until_lease_ends=float(row["lease_left"] or 0),
@@ -133,7 +140,7 @@ def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
 
 def claim_batch(
     conn: Connection,
-    job_ids: Sequence[uuid.UUID],
+    jobs: Sequence[Locked],
     lease_seconds: int,
     taken: limits.Taken | None = None,
     *,
@@ -142,12 +149,16 @@ def claim_batch(
     """Claim jobs `lock_batch` found claimable in this transaction, and write what their
     admission took (`taken`), one statement; the ids claimed. `last`: nothing follows in the
     transaction, so its COMMIT goes out with the statement (committed when this returns)."""
-    if not job_ids:
+    if not jobs:
         if taken is not None:
             _ends_transaction(conn, last)
             limits.write(conn, taken)
         return set()
-    params: dict[str, Any] = {"ids": _id_list(job_ids), "lease": lease_seconds}
+    params: dict[str, Any] = {
+        "ids": _id_list([j.id for j in jobs]),
+        "tids": " ".join(j.tid for j in jobs),
+        "lease": lease_seconds,
+    }
     _ends_transaction(conn, last)
     if taken is not None and taken.params:
         return {r[0] for r in conn.execute(_TAKE_AND_CLAIM, {**params, **taken.params})}
@@ -162,8 +173,15 @@ _COMPLETE_CTES = """
             AS t(id uuid, attempt int, inp int, out int, cost numeric)
     ), locked AS MATERIALIZED (
         -- by primary key, in id order: two finishing batches never wait on each other in turn
-        SELECT j.id FROM prompt_jobs j WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
+        SELECT j.id, j.status, j.attempt_count FROM prompt_jobs j
+        WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
         ORDER BY j.id FOR UPDATE
+    ), owned AS (
+        -- the guard read from the locked rows: no status predicate on prompt_jobs itself
+        -- that could lead the planner to its status index (stale statistics make it look
+        -- selective) instead of the primary key
+        SELECT v.* FROM v JOIN locked l ON l.id = v.id
+        WHERE l.status = 'processing' AND l.attempt_count = v.attempt
     ), done AS (
         UPDATE prompt_jobs j SET
             status = 'succeeded', finished_at = now(), updated_at = now(),
@@ -173,10 +191,8 @@ _COMPLETE_CTES = """
             input_tokens = COALESCE(j.input_tokens, 0) + v.inp,
             output_tokens = COALESCE(j.output_tokens, 0) + v.out,
             cost_usd = COALESCE(j.cost_usd, 0) + v.cost
-        FROM v
+        FROM owned v
         WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND j.id = v.id
-          AND j.id IN (SELECT id FROM locked)
-          AND j.status = 'processing' AND j.attempt_count = v.attempt
         RETURNING j.id
     ), responses_in AS (
         INSERT INTO responses (job_id, answer_text, structured, provider_response_id,

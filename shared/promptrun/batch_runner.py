@@ -189,7 +189,11 @@ class BatchRunner:
                     runnable.append(locked)
             admitted, taken = self._admit(conn, runnable, pending, waits, batch.flows)
             claimed = batch_jobs.claim_batch(
-                conn, [a.job.id for a in admitted], self.settings.lease_seconds, taken, last=True
+                conn,
+                [found[a.job.id] for a in admitted],
+                self.settings.lease_seconds,
+                taken,
+                last=True,
             )
         attempts = [a for a in admitted if a.job.id in claimed]
         for job_id in pending:

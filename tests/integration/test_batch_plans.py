@@ -1,0 +1,72 @@
+"""The batch statements reach their jobs by key or tuple id whatever the statistics say.
+
+Right after a fan-out every job is `queued`, so ANALYZE records no `processing` job and the
+planner would take the partial status index as the most selective path for a predicate on
+`processing`, then walk every live job in it. The claim and the finishing statement must not:
+these plans are read from EXPLAIN on exactly that state."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, text
+
+from promptrun import batch_jobs
+from promptrun.fanout import FanoutRequest, create_jobs
+from promptrun.settings import Settings
+from tests.conftest import sync
+
+PROMPTS, RUNS = 40, 50  # 2,000 jobs: enough that an index beats reading the table
+
+
+def _stale_statistics(engine: Engine, settings: Settings) -> list[tuple[str, str]]:
+    prompts = "\n".join(
+        f'  - {{slug: p{i}, text: "Q{i}?", schedule: daily, runs: {RUNS}}}' for i in range(PROMPTS)
+    )
+    sync(engine, f"models:\n  - {{slug: m, provider: offline, model: m}}\nprompts:\n{prompts}\n")
+    create_jobs(engine, FanoutRequest(at=datetime(2026, 11, 22, 13, tzinfo=UTC)), settings)
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE prompt_jobs"))  # every job queued, none processing
+        return [
+            (str(r[0]), r[1])
+            for r in conn.execute(text("SELECT id, CAST(ctid AS text) FROM prompt_jobs LIMIT 10"))
+        ]
+
+
+def _plan(engine: Engine, sql: str, params: dict[str, object]) -> str:
+    with engine.begin() as conn:
+        return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + sql), params))
+
+
+def test_the_claim_reads_its_rows_by_tuple_id(engine: Engine, settings: Settings) -> None:
+    jobs = _stale_statistics(engine, settings)
+    plan = _plan(
+        engine,
+        batch_jobs._CLAIM_SQL,
+        {"ids": ",".join(i for i, _ in jobs), "tids": " ".join(t for _, t in jobs), "lease": 60},
+    )
+    assert "Tid Scan on prompt_jobs" in plan, plan
+    assert "ix_prompt_jobs_live" not in plan, plan
+
+
+def test_the_finishing_statement_reads_its_jobs_by_key(engine: Engine, settings: Settings) -> None:
+    jobs = _stale_statistics(engine, settings)
+    with engine.begin() as conn:  # claimed since the statistics were taken
+        conn.execute(
+            text(
+                "UPDATE prompt_jobs SET status = 'processing', attempt_count = 1, "
+                "started_at = now() WHERE id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": [i for i, _ in jobs]},
+        )
+    done = [{"id": i, "attempt": 1, "inp": 1, "out": 1, "cost": "0"} for i, _ in jobs]
+    params = {
+        "ids": ",".join(i for i, _ in jobs),
+        "jobs": json.dumps(done),
+        "responses": "[]",
+        "mentions": "[]",
+    }
+    plan = _plan(engine, str(batch_jobs._COMPLETE), params)
+    assert "pk_prompt_jobs" in plan, plan
+    assert "ix_prompt_jobs_live" not in plan, plan

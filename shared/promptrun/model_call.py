@@ -13,8 +13,6 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, insert
 
 from promptrun import jobs, limits
-from promptrun.db.schema import entity_mentions as EntityMention
-from promptrun.db.schema import responses as Response
 from promptrun.extraction import ExtractionResult, NormalizedEntity, normalize_entities
 from promptrun.jobs import ClaimedJob, ModelRef
 from promptrun.providers import Completion, ErrorKind, ModelCall, Provider, ProviderError
@@ -216,6 +214,11 @@ class Answer:
 
 def store(conn: Connection, job: ClaimedJob, answer: Answer) -> None:
     """The response and its mentions (the caller completes the job in the same transaction)."""
+    # Imported here: the batch path writes with its own statement, and the tables' definitions
+    # cost about 40 ms of every processor's cold start.
+    from promptrun.db.schema import entity_mentions as EntityMention
+    from promptrun.db.schema import responses as Response
+
     conn.execute(insert(Response).values(**answer.response_row(job)))
     mentions = answer.mention_rows(job)
     if mentions:

@@ -51,3 +51,21 @@ def test_0007_downgrades_to_0006_and_upgrades_again(engine: Engine) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
         assert conn.execute(text("SELECT count(*) FROM summary_compaction")).scalar_one() == 1
+
+
+def test_0008_mentions_keep_only_their_jobs_key_and_downgrade_restores_the_others(
+    engine: Engine,
+) -> None:
+    def mention_keys() -> set[str]:
+        return {fk["referred_table"] for fk in inspect(engine).get_foreign_keys("entity_mentions")}
+
+    assert mention_keys() == {"prompt_jobs"}
+    cfg = migrate.alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0007")
+    assert mention_keys() == {"prompt_jobs", "prompts", "models"}
+    migrate.upgrade(engine)
+    assert mention_keys() == {"prompt_jobs"}
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

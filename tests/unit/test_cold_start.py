@@ -68,6 +68,8 @@ def test_the_processor_imports_core_only_and_builds_no_extraction_validators() -
     found = imported("processor")
     assert "sqlalchemy.engine" in found["modules"]  # the check sees what was imported
     assert heavy(found["modules"], NEVER) == set()
+    # The batch path writes with its own SQL: the tables' definitions are the per-job path's.
+    assert "promptrun.db.schema" not in found["modules"]
     assert found["built"] == []
 
 

@@ -242,8 +242,9 @@ entity_mentions = Table(
     metadata,
     _id(),
     _ref("job_id", "prompt_jobs.id"),
-    _ref("prompt_id", "prompts.id"),
-    _ref("model_id", "models.id"),
+    # Copied from the job, whose foreign keys hold them (migration 0008).
+    Column("prompt_id", BigInteger, nullable=False),
+    Column("model_id", BigInteger, nullable=False),
     Column("batch_key", String(64), nullable=False),
     Column("name", String(300), nullable=False),
     Column("display_name", String(300), nullable=False),
@@ -255,7 +256,6 @@ entity_mentions = Table(
     UniqueConstraint("job_id", "name", name="uq_entity_mentions_job_name"),
     Index("ix_entity_mentions_batch_key_name", "batch_key", "name"),
     Index("ix_entity_mentions_prompt_id", "prompt_id"),
-    Index("ix_entity_mentions_model_id", "model_id"),
     # Visibility: a brand's aliases across batches, answered from the index alone.
     Index(
         "ix_entity_mentions_name_batch_key",

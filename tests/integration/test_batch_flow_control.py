@@ -5,8 +5,10 @@ claim, against real PostgreSQL, moto's SQS and a local OpenAI-protocol server.""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -195,3 +197,69 @@ def test_rate_limit_headers_of_an_answer_hold_the_next_batch_back(
     assert openai_server.request_count == 2  # the first job's answer and extraction only
     waiting = [r for r in jobs_by(engine, "status", "wait_reason") if r["status"] == "queued"]
     assert len(waiting) == 1 and "Retry-After" in waiting[0]["wait_reason"]
+
+
+def test_jobs_a_rate_holds_for_a_turn_start_while_the_batch_calls_run(
+    engine: Engine, settings: Settings
+) -> None:
+    """A batch larger than the rate's burst: 4 of its 6 jobs start at once, the other two get
+    turns a fraction of a second later and start then, while the first calls still run (one
+    processor keeps the model's rate busy), not after the first round has ended."""
+    sync(
+        engine,
+        """
+models:
+  - {slug: m, provider: offline, model: m-1, rpm: 600, max_concurrency: 10,
+     params: {latency_ms: 400}}
+prompts:
+  - {slug: p, text: "Which CRM?", schedule: daily, runs: 6}
+""",
+    )
+    fan_out(engine, settings)
+    calls: list[tuple[float, float]] = []
+    with ThreadPoolExecutor(9) as pool:
+        runner = BatchRunner(engine, settings, None, threads=pool)
+        call = runner.caller.call
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                calls.append((started, time.monotonic()))
+
+        runner.caller.call = timed  # type: ignore[method-assign]
+        ids = [str(r[0]) for r in _ids(engine, "true")]
+        result = runner.run(
+            [Record(j, json.dumps({"job_id": j})) for j in ids], remaining_ms=lambda: 60_000
+        )
+    assert result.failed == [] and set(result.outcomes.values()) == {Outcome.SUCCEEDED}
+    assert len(calls) == 6
+    # A job counts 2 requests (answer + extraction) of the 570 RPM admitted: 4 fit the burst,
+    # the next two start at their turns, while the first four (400 ms each) are in flight.
+    first_end = min(end for _, end in calls)
+    assert sum(1 for start, _ in calls if start < first_end) == 6, calls
+
+
+def test_records_received_again_and_again_are_refreshed_in_a_batch(
+    engine: Engine, settings: Settings, sqs: Any
+) -> None:
+    """Records that processors died holding (their third receive) get a fresh copy each,
+    delayed past the lease, before they run: their receive counts never walk them into the
+    DLQ. A record received less often is not copied."""
+    sync(
+        engine,
+        "models:\n  - {slug: a, provider: offline, model: a-1}\n"
+        "prompts:\n  - {slug: p, text: x, schedule: daily, runs: 3}\n",
+    )
+    fan_out(engine, settings)
+    messages = receive_all(sqs, settings.jobs_queue_url, delete=True)
+    batch = [
+        Record(m["MessageId"], m["Body"], m["ReceiptHandle"], receive_count=count)
+        for m, count in zip(messages, (3, 4, 2), strict=True)
+    ]
+    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    result = runner.run(batch)
+    assert set(result.outcomes.values()) == {Outcome.SUCCEEDED}
+    assert delayed(sqs, settings.jobs_queue_url) == 2  # the copies, for after the lease
+    assert receive_all(sqs, settings.jobs_queue_url) == []

@@ -132,6 +132,19 @@ class BatchRunner:
                 continue
             pending[message.job_id] = (record, message.turn)
         self._refresh([(j, r) for j, (r, _) in pending.items() if self._refreshable(r)])
+        self._rounds(pending, remaining_ms, result)
+        counts = Counter(result.outcomes.values())
+        for outcome, n in counts.items():
+            metrics.add_metric(name=f"Jobs{outcome.value.title()}", unit=MetricUnit.Count, value=n)
+        return result
+
+    def _rounds(
+        self,
+        pending: dict[uuid.UUID, tuple[Record, float | None]],
+        remaining_ms: Callable[[], int] | None,
+        result: BatchResult,
+    ) -> None:
+        """Rounds until every job has run or must come back later (a new message)."""
         while pending:
             try:
                 waits = self._round(pending, remaining_ms, result)
@@ -147,10 +160,6 @@ class BatchRunner:
                 break
             time.sleep(min(w.delay for w in inline.values()))
             pending = {j: (pending[j][0], w.turn) for j, w in inline.items()}
-        counts = Counter(result.outcomes.values())
-        for outcome, n in counts.items():
-            metrics.add_metric(name=f"Jobs{outcome.value.title()}", unit=MetricUnit.Count, value=n)
-        return result
 
     # --- one round: claim, run, finish ---------------------------------------------------
 
@@ -202,7 +211,24 @@ class BatchRunner:
                 result.outcomes[record.message_id] = unrun[job_id]
             elif job_id in broken:
                 result.failed.append(record.message_id)
-        for ended, attempt in zip(self._attempts(attempts, remaining_ms), attempts, strict=True):
+        # Jobs a rate holds back for a turn due within an inline wait: their round runs while
+        # this one's calls do, so one processor keeps its model's rate busy.
+        soon = {
+            j: w
+            for j, w in waits.items()
+            if attempts and w.turn is not None and wait_inline(w, remaining_ms)
+        }
+        for job_id in soon:
+            del waits[job_id]
+
+        def meanwhile() -> None:
+            time.sleep(min(w.delay for w in soon.values()))
+            self._rounds(
+                {j: (pending[j][0], w.turn) for j, w in soon.items()}, remaining_ms, result
+            )
+
+        ran = self._attempts(attempts, remaining_ms, meanwhile if soon else None)
+        for ended, attempt in zip(ran, attempts, strict=True):
             record = pending[attempt.job.id][0]
             if isinstance(ended, RetryLater):
                 waits[attempt.job.id] = ended
@@ -286,9 +312,13 @@ class BatchRunner:
         return admitted, taken
 
     def _attempts(
-        self, attempts: list[_Attempt], remaining_ms: Callable[[], int] | None
+        self,
+        attempts: list[_Attempt],
+        remaining_ms: Callable[[], int] | None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> list[Outcome | RetryLater | Exception]:
-        """Run the claimed jobs' calls side by side, then record every outcome."""
+        """Run the claimed jobs' calls side by side, then record every outcome. `meanwhile`
+        runs on this thread while the calls are in flight (the next round's jobs)."""
         calls = [a for a in attempts if a.job.model_enabled]
 
         def call(attempt: _Attempt) -> None:
@@ -297,14 +327,24 @@ class BatchRunner:
             except Exception as exc:  # recorded below, per job
                 attempt.error = exc
 
-        if self.threads is not None and len(calls) > 1 and any(_waits(a.job) for a in calls):
-            futures = [self.threads.submit(call, a) for a in calls[1:]]
-            call(calls[0])  # this thread takes one share rather than wait idle
-            for future in futures:
-                future.result()
+        pooled = len(calls) > 1 or (meanwhile is not None and bool(calls))
+        if self.threads is not None and pooled and any(_waits(a.job) for a in calls):
+            # this thread takes one share rather than wait idle, or runs `meanwhile`
+            own = [] if meanwhile is not None else calls[:1]
+            futures = [self.threads.submit(call, a) for a in calls[len(own) :]]
+            try:
+                for attempt in own:
+                    call(attempt)
+                if meanwhile is not None:
+                    meanwhile()
+            finally:
+                for future in futures:
+                    future.result()
         else:
             for attempt in calls:
                 call(attempt)
+            if meanwhile is not None:
+                meanwhile()
         stale = self._finish([a for a in calls if a.answer is not None])
         outcomes: list[Outcome | RetryLater | Exception] = []
         for attempt in attempts:

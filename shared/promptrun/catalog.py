@@ -264,6 +264,8 @@ class SyncReport:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
+    # flow_limits keys whose budget changed: their waiting jobs are worth a look now
+    budgets_changed: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"created {x}" for x in self.created]
@@ -326,6 +328,8 @@ def sync_catalog(engine: Engine, catalog: CatalogFile, *, prune: bool = False) -
         for key, fields in limits.sync_config(session.connection(), limit_configs(catalog)).items():
             if fields != ["created"]:
                 report.updated.append(f"limits {key} ({', '.join(fields)})")
+            if {"budget_batch_usd", "budget_day_usd"} & set(fields):
+                report.budgets_changed.append(key)
         prompts = {p.slug: p for p in session.scalars(select(Prompt).with_for_update())}
         for p in catalog.prompts:
             values = {

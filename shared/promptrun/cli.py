@@ -56,8 +56,12 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     if args.action == "check":
         print(f"{args.file}: {len(catalog.models)} models, {len(catalog.prompts)} prompts, valid")
         return 0
-    for line in sync_catalog(_engine(), catalog, prune=args.prune).lines():
+    engine = _engine()
+    report = sync_catalog(engine, catalog, prune=args.prune)
+    for line in report.lines():
         print(line)
+    if report.budgets_changed:
+        print(cli_flow.after_budgets_changed(engine, report.budgets_changed))
     return 0
 
 

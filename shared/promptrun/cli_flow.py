@@ -43,6 +43,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def after_budgets_changed(engine: Any, keys: list[str]) -> str:
+    """`catalog sync` changed budgets: the jobs waiting on one are sent back to look again."""
+    from promptrun.aws import JobQueue
+    from promptrun.flow_status import requeue_budget_waits
+    from promptrun.settings import get_settings
+
+    url = get_settings().jobs_queue_url
+    sent = requeue_budget_waits(engine, keys, JobQueue(url) if url else None)
+    if sent is None:
+        return "budgets changed; JOBS_QUEUE_URL unset: waiting jobs look again within 15 min"
+    return f"budgets changed; {sent} jobs waiting on a budget sent back"
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 

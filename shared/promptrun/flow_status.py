@@ -1,8 +1,10 @@
 """Flow control as operators see and steer it: each model's limits, effective rates, calls in
-flight and paused state; pause and resume (a resume sends the paused jobs back at once)."""
+flight and paused state; pause and resume (a resume sends the paused jobs back at once); after
+a budget changed, the jobs waiting on one sent back at once."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -165,3 +167,23 @@ def resume(engine: Engine, target: Target, queue: JobQueue | None) -> PauseResul
         requeued = 0
     logger.info("resumed", extra={"models": slugs, "requeued": requeued})
     return PauseResult(models=slugs, paused=False, requeued=requeued)
+
+
+def requeue_budget_waits(engine: Engine, keys: Sequence[str], queue: JobQueue | None) -> int | None:
+    """After budgets changed (`keys`: the flow_limits rows whose budget a catalogue sync
+    changed): send the jobs waiting on a budget back at once, so a raised budget lets them run
+    now rather than at their next re-check (up to 15 minutes later). Those still over a budget
+    wait again. None: no queue configured."""
+    if not keys:
+        return 0 if queue is not None else None
+    with engine.connect() as conn:
+        if limits.CATALOG_KEY in keys:
+            slugs = [s for (s,) in conn.execute(text("SELECT slug FROM models"))]
+        else:
+            slugs = [k.removeprefix("model:") for k in keys if k.startswith("model:")]
+        waiting = limits.waiting_jobs(conn, slugs, "budget") if slugs else []
+    if queue is None:
+        return None
+    sent = len(queue.send_jobs(waiting).sent) if waiting else 0
+    logger.info("budgets changed", extra={"budgets": list(keys), "requeued": sent})
+    return sent

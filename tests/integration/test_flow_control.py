@@ -19,7 +19,7 @@ from sqlalchemy import Engine, text
 from promptrun import jobs, limits
 from promptrun.api import build_app
 from promptrun.aws import JobQueue
-from promptrun.catalog import load_catalog
+from promptrun.catalog import load_catalog, sync_catalog
 from promptrun.errors import InputError
 from promptrun.fanout import FanoutRequest, run_fanout
 from promptrun.local.events import api_gateway_event, bearer
@@ -202,6 +202,141 @@ def test_processors_killed_mid_batch_lose_nothing_and_dead_letter_nothing(
 # --- waiting: pause and resume, budgets ----------------------------------------------------------
 
 
+def waiting_on(engine: Engine, prefix: str) -> int:
+    """Jobs left queued with no attempt used, waiting for `prefix` (paused, budget)."""
+    rows = jobs_by(engine, "status", "attempt_count", "wait_reason")
+    return sum(
+        1
+        for r in rows
+        if r["status"] == "queued"
+        and r["attempt_count"] == 0
+        and (r["wait_reason"] or "").startswith(prefix)
+    )
+
+
+def delayed(sqs: Any, queue_url: str | None) -> int:
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessagesDelayed"])
+
+
+def started_processors(
+    engine: Engine,
+    settings: Settings,
+    sqs: Any,
+    moto_server: MotoServer,
+    server: FakeOpenAI,
+    tmp_path: Path,
+    processes: int = 2,
+) -> tuple[Processors, Settings, str]:
+    """The jobs fanned out onto a queue with the template's redrive policy, and processor
+    processes (the batch handler, through the local poller) taking them."""
+    queue_url, dlq_url = limited_queue(sqs, visibility=62)
+    settings = with_settings(keyed(settings), jobs_queue_url=queue_url, max_attempts=5)
+    fan_out(engine, settings)
+    procs = Processors(
+        processor_env(settings.database_url or "", queue_url, moto_server, server, 60), tmp_path
+    )
+    procs.start(processes)
+    return procs, settings, dlq_url
+
+
+def test_pause_then_resume_on_the_real_path(
+    engine: Engine,
+    settings: Settings,
+    sqs: Any,
+    moto_server: MotoServer,
+    openai_server: FakeOpenAI,
+    tmp_path: Path,
+) -> None:
+    """Processor processes on a paused model: every job waits (queued, no attempt, no call,
+    nothing dead-lettered); a resume sends them back and every one runs once, in seconds
+    rather than at the 15-minute re-check."""
+    from promptrun.flow_status import Target, pause, resume
+
+    openai_server.limit(rpm=6000, tpm=1_000_000)  # counts each prompt's answers
+    sync(engine, catalogue(openai_server, runs=10))
+    pause(engine, Target(model="gpt"), "provider incident")
+    procs, settings, dlq_url = started_processors(
+        engine, settings, sqs, moto_server, openai_server, tmp_path
+    )
+    try:
+        # Each job waits with the reason on it and a message of its own delayed 15 minutes.
+        procs.wait_until(
+            lambda: (
+                waiting_on(engine, "paused: provider incident") == 10
+                and delayed(sqs, settings.jobs_queue_url) == 10
+            ),
+            60,
+        )
+        assert openai_server.request_count == 0
+        assert message_count(sqs, settings.jobs_queue_url) == 0
+        result = resume(engine, Target(model="gpt"), JobQueue(settings.jobs_queue_url or ""))
+        assert result.requeued == 10
+        procs.wait_until(lambda: all_terminal(engine), timeout=60)
+    finally:
+        procs.stop()
+    rows = jobs_by(engine, "status", "attempt_count", "wait_reason")
+    assert rows == [{"status": "succeeded", "attempt_count": 1, "wait_reason": None}] * 10
+    assert openai_server.rate_stats.answers == {"Question number 0?": 10}
+    assert message_count(sqs, dlq_url) == 0
+
+
+def test_a_budget_stops_new_calls_and_raising_it_in_the_catalogue_lets_them_finish(
+    engine: Engine,
+    settings: Settings,
+    sqs: Any,
+    moto_server: MotoServer,
+    openai_server: FakeOpenAI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Processor processes against a $0.15 batch budget ($0.06 a job): 3 calls start, the
+    other 7 jobs wait with the reason `budget`; `promptrun catalog sync` raising the budget
+    sends them back, and they finish in seconds rather than at the 15-minute re-check."""
+    from promptrun.cli import main
+
+    openai_server.limit(rpm=6000, tpm=1_000_000)  # counts each prompt's answers
+    sync(engine, catalogue(openai_server, runs=10, model_extra=", budget_usd: {per_batch: 0.15}"))
+    procs, settings, dlq_url = started_processors(
+        engine, settings, sqs, moto_server, openai_server, tmp_path
+    )
+    try:
+        procs.wait_until(
+            lambda: (
+                waiting_on(engine, "budget: model:gpt") == 7
+                and delayed(sqs, settings.jobs_queue_url) == 7
+            ),
+            60,
+        )
+        assert statuses(engine) == {"succeeded": 3, "queued": 7}
+        spent = sum(r["cost_usd"] or 0 for r in jobs_by(engine, "cost_usd"))
+        assert spent == Decimal("0.18")  # never more than the calls in flight over the cap
+        assert openai_server.rate_stats.accepted == 6  # answer + extraction of 3 jobs
+
+        raised = tmp_path / "catalog.yaml"
+        raised.write_text(
+            catalogue(openai_server, runs=10, model_extra=", budget_usd: {per_batch: 1.0}")
+        )
+        monkeypatch.setenv("DATABASE_URL", settings.database_url or "")
+        monkeypatch.setenv("JOBS_QUEUE_URL", settings.jobs_queue_url or "")
+        get_settings.cache_clear()
+        try:
+            assert main(["catalog", "sync", str(raised)]) == 0
+        finally:
+            get_settings.cache_clear()
+        assert "7 jobs waiting on a budget sent back" in capsys.readouterr().out
+        procs.wait_until(lambda: all_terminal(engine), timeout=60)
+    finally:
+        procs.stop()
+    rows = jobs_by(engine, "status", "attempt_count")
+    assert rows == [{"status": "succeeded", "attempt_count": 1}] * 10
+    assert openai_server.rate_stats.answers == {"Question number 0?": 10}
+    assert message_count(sqs, dlq_url) == 0
+
+
 def runner_for(engine: Engine, settings: Settings) -> JobRunner:
     return JobRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
 
@@ -336,6 +471,20 @@ def test_catalogue_wide_daily_budget(
     assert outcomes == {Outcome.SUCCEEDED: 1, Outcome.WAITING: 2}
     reasons = {r["wait_reason"] for r in jobs_by(engine, "wait_reason") if r["wait_reason"]}
     assert reasons == {"budget: catalogue spent $0.06 of its $0.05 per day"}
+
+    # Raised: the catalogue-wide budget covers every model, so both waiting jobs go back now.
+    from promptrun.flow_status import requeue_budget_waits
+
+    report = sync_catalog(
+        engine, load_catalog(catalogue(openai_server, runs=3, extra="budget_usd: {per_day: 1}"))
+    )
+    assert report.budgets_changed == ["catalog"]
+    assert requeue_budget_waits(engine, report.budgets_changed, None) is None  # no queue
+    queue = JobQueue(settings.jobs_queue_url or "")
+    assert requeue_budget_waits(engine, report.budgets_changed, queue) == 2
+    msgs = receive_all(sqs, settings.jobs_queue_url, delete=True)
+    assert [runner.handle(m["Body"], m["ReceiptHandle"]) for m in msgs] == [Outcome.SUCCEEDED] * 2
+    assert statuses(engine) == {"succeeded": 3}
 
 
 # --- concurrency and the batch -----------------------------------------------------------------

@@ -41,6 +41,27 @@ def _day(field: str) -> Any:
     return parse
 
 
+def _batch_key(value: str) -> str:
+    from promptrun.schedule import BATCH_KEY_RE
+
+    if not BATCH_KEY_RE.match(value):
+        raise argparse.ArgumentTypeError(
+            f"--batch-key: expected a batch key like 2026-11-22, 2026-W47 or 2026-11-22T13, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"--port: expected 1-65535, got {value!r}")
+    return port
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
@@ -151,7 +172,7 @@ def _slice_args(p: argparse.ArgumentParser) -> None:
 def register(sub: Any) -> None:
     vis = sub.add_parser("visibility", help="mention rate, share of voice, position per brand")
     vis.add_argument("--brand", help="brand slug (default: every tracked brand)")
-    vis.add_argument("--batch-key", action="append", help="only these batches")
+    vis.add_argument("--batch-key", action="append", type=_batch_key, help="only these batches")
     vis.add_argument(
         "--group-by",
         choices=["batch", "model", "prompt"],
@@ -162,7 +183,7 @@ def register(sub: Any) -> None:
     vis.set_defaults(func=cmd_visibility)
 
     exp = sub.add_parser("export", help="answers or mentions as csv, jsonl or parquet")
-    exp.add_argument("--batch-key", help="one batch (or --from/--to)")
+    exp.add_argument("--batch-key", type=_batch_key, help="one batch (or --from/--to)")
     exp.add_argument(
         "--format", choices=["csv", "jsonl", "parquet"], default="csv", help="default: csv"
     )
@@ -179,7 +200,7 @@ def register(sub: Any) -> None:
     api = sub.add_parser("api", help="serve the status API and the dashboard on 127.0.0.1")
     api.add_argument(
         "--port",
-        type=int,
+        type=_port,
         help="port on 127.0.0.1 (default: this checkout's, chosen once and kept in .local)",
     )
     api.set_defaults(func=cmd_api)

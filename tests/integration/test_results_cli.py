@@ -79,6 +79,34 @@ def test_export_names_bad_input(answers: Answers, capsys: pytest.CaptureFixture[
     assert "--from: expected a date YYYY-MM-DD" in capsys.readouterr().err
 
 
+def test_bad_filters_are_named_and_nothing_is_written(
+    answers: Answers, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept = tmp_path / "kept.csv"
+    kept.write_text("an earlier export\n")
+    for argv, message in (
+        (["export", "--model", "nope", "-o", str(kept)], "model: unknown model 'nope'"),
+        (["export", "--prompt", "nope"], "prompt: unknown prompt 'nope'"),
+        (
+            ["export", "--batch-key", "2026-01-01", "--to", "2026-01-01", "-o", str(kept)],
+            "batch_key: give a batch key or a date range, not both",
+        ),
+        (["visibility", "--model", "nope"], "model: unknown model 'nope'"),
+    ):
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert message in err and out == "", (argv, out, err)
+    assert kept.read_text() == "an earlier export\n"
+    for argv, message in (
+        (["visibility", "--batch-key", "bad key"], "--batch-key: expected a batch key"),
+        (["export", "--batch-key", "a/b"], "--batch-key: expected a batch key"),
+        (["api", "--port", "99999"], "--port: expected 1-65535, got '99999'"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err, argv
+
+
 def test_visibility_table(answers: Answers, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["visibility", "--group-by", "model"]) == 0
     out = capsys.readouterr().out

@@ -205,6 +205,20 @@ def test_visibility_routes_answer_and_name_bad_fields(
         resp = call(app, "/visibility", **query)
         assert resp["statusCode"] == 422, (query, resp["body"])
         assert json.loads(resp["body"])["detail"][0]["loc"][-1] == field
+    # A filter naming no prompt or model is an error, not an empty report.
+    for path, query, field in (
+        ("/visibility", {"model": "nope"}, "model"),
+        ("/visibility", {"prompt": "nope", "group_by": "batch"}, "prompt"),
+        ("/visibility/trends", {"model": "nope"}, "model"),
+        ("/dashboard/charts/visibility.svg", {"prompt": "nope"}, "prompt"),
+        ("/dashboard/answers", {"batch_key": "2026-01-01", "prompt": "nope"}, "prompt"),
+        ("/export", {"model": "nope"}, "model"),
+        ("/export", {"prompt": "nope", "table": "mentions"}, "prompt"),
+    ):
+        resp = call(app, path, **query)
+        assert resp["statusCode"] == 422, (path, query, resp["body"])
+        detail = json.loads(resp["body"])["detail"][0]
+        assert detail["loc"] == ["query", field] and "'nope'" in detail["msg"], detail
     assert call(app, "/visibility", token=None)["statusCode"] == 401
     brands = json.loads(call(app, "/brands")["body"])["items"]
     assert [b["slug"] for b in brands] == ["acme", "globex", "initech"]

@@ -105,6 +105,13 @@ def test_an_alias_naming_two_brands_is_rejected_with_the_entry() -> None:
     assert "brands[2] (initech).aliases: 'globex' already names brand 'globex'" in str(err.value)
 
 
+def test_a_brand_name_that_normalizes_to_nothing_is_rejected() -> None:
+    bad = BRANDS_CATALOG.replace("{slug: initech, name: Initech}", "{slug: initech, name: '**'}")
+    with pytest.raises(InputError) as err:
+        load_catalog(bad)
+    assert "brands[2] (initech).name: empty after normalization ('**')" in str(err.value)
+
+
 def test_brands_left_out_of_the_file_are_no_longer_tracked(
     engine: Engine, answers: Answers
 ) -> None:

@@ -15,12 +15,34 @@ from promptrun.errors import InputError
 API_PORT = 8321  # the first choice; each checkout keeps the port it got in .local/ports.json
 
 
-def api_port() -> int:
-    """This checkout's port for `promptrun api`: PROMPTRUN_API_PORT, else the saved one."""
+def _local() -> Path:
+    return Path(os.environ.get("PROMPTRUN_LOCAL_DIR", ".local"))
+
+
+def running_api(port: int) -> int | None:
+    """The pid of this checkout's `promptrun api` serving on `port` (.local/api.pid), if any."""
     from promptrun.local import ports
 
-    local = Path(os.environ.get("PROMPTRUN_LOCAL_DIR", ".local"))
-    return ports.choose(local, "api", default=API_PORT, env_var="PROMPTRUN_API_PORT")
+    try:
+        pid, served = (int(x) for x in (_local() / "api.pid").read_text().split())
+    except (OSError, ValueError):
+        return None
+    alive = ports.pid_alive(pid) and "promptrun" in ports.cmdline(pid)
+    return pid if alive and served == port else None
+
+
+def api_port() -> int:
+    """This checkout's port for `promptrun api`: PROMPTRUN_API_PORT, else the saved one (kept
+    while this checkout's own server holds it, so the demo prints the URL it answers on)."""
+    from promptrun.local import ports
+
+    return ports.choose(
+        _local(),
+        "api",
+        default=API_PORT,
+        env_var="PROMPTRUN_API_PORT",
+        ours=lambda port: running_api(port) is not None,
+    )
 
 
 def _engine() -> Any:
@@ -134,13 +156,26 @@ def dashboard_url(port: int | None = None) -> str:
 def cmd_api(args: argparse.Namespace) -> int:
     from promptrun.local.api_server import LocalApi, status_app_resolver
 
-    server = LocalApi(status_app_resolver(), host="127.0.0.1", port=args.port or api_port())
+    port = args.port or api_port()
+    pid = running_api(port)
+    if pid is not None:
+        raise InputError(
+            f"the status API already runs on http://127.0.0.1:{port} (pid {pid}); "
+            "use it, stop it, or serve another one with --port N"
+        )
+    server = LocalApi(status_app_resolver(), host="127.0.0.1", port=port)
+    pid_file = _local() / "api.pid"
+    if not args.port:  # the checkout's own port: say who serves it
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()} {port}\n")
     print(f"status API on {server.url} (dashboard: {server.url}/dashboard); Ctrl-C stops it")
     print("token: the API_TOKEN of the environment (.local/api-token for the local stack)")
     try:
         server.serve_forever()
     finally:
         server.server.server_close()
+        if running_api(port) == os.getpid():
+            pid_file.unlink(missing_ok=True)
     return 0
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -142,3 +146,39 @@ def test_local_api_server_over_http(engine: Engine, answers: Answers) -> None:
         assert status == 422 and json.loads(body)["detail"][0]["loc"] == ["query", "group_by"]
     finally:
         api.stop()
+
+
+def test_make_api_keeps_its_port_while_it_serves(
+    answers: Answers, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`promptrun api` records itself: the demo's URL is the one it answers on, and a second
+    `promptrun api` says it runs already instead of moving the checkout to another port."""
+    from promptrun.cli_results import api_port
+
+    monkeypatch.setenv("PROMPTRUN_LOCAL_DIR", str(tmp_path))
+    monkeypatch.delenv("PROMPTRUN_API_PORT", raising=False)
+    env = {**os.environ, "DATABASE_URL": db_url, "API_TOKEN": TOKEN}
+    promptrun = str(Path(sys.executable).with_name("promptrun"))
+    proc: subprocess.Popen[str] = subprocess.Popen(
+        [promptrun, "api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("status API on http://127.0.0.1:"), first
+        url = first.split()[3]
+        port = int(url.rsplit(":", 1)[1])
+        status, _, body = get(f"{url}/visibility?group_by=batch", TOKEN)
+        assert status == 200 and json.loads(body)["groups"], body
+        assert api_port() == port  # the demo's URL while it serves
+        again = subprocess.run(
+            [promptrun, "api"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert again.returncode == 2
+        assert f"already runs on http://127.0.0.1:{port} (pid {proc.pid})" in again.stderr
+        assert api_port() == port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert not (tmp_path / "api.pid").exists()
+    assert json.loads((tmp_path / "ports.json").read_text())["api"] == port

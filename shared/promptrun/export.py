@@ -194,8 +194,7 @@ def page(
         """
     stmt = text(sql)
     with engine.connect() as conn:
-        if cursor is None:  # later pages carry on from a first page that was checked
-            check(conn, f)
+        check(conn, f)
         rows = [dict(r._mapping) for r in conn.execute(stmt, params)]
     next_cursor = None
     if len(rows) > limit:

@@ -259,6 +259,13 @@ def test_export_pages_through_every_row_once(app: APIGatewayRestResolver, answer
     assert len(lines) == 10  # alpha 2+2+1+1, beta 2+2
     assert {x["brand"] for x in lines if x["entity"] == "ACME.com"} == {"acme"}
     assert {x["brand"] for x in lines if x["entity"] == "Hooli"} == {None}
+    # A later page is checked too: its filter may name nothing.
+    first_page = call(app, "/export", table="answers", limit=3)
+    cursor = header(first_page, "X-Next-Cursor")
+    assert cursor
+    later = call(app, "/export", table="answers", limit=3, cursor=cursor, model="nope")
+    assert later["statusCode"] == 422
+    assert json.loads(later["body"])["detail"][0]["loc"] == ["query", "model"]
     bad = call(app, "/export", cursor="garbage")
     assert bad["statusCode"] == 422 and json.loads(bad["body"])["detail"][0]["loc"] == [
         "query",

@@ -57,6 +57,8 @@ def check_brands(brands: list[BrandEntry]) -> list[str]:
         if entry.slug in seen:
             problems.append(f"{where}.slug: duplicate slug")
         seen.add(entry.slug)
+        if not alias_key(entry.name):  # a brand no mention could ever match
+            problems.append(f"{where}.name: empty after normalization ({entry.name!r})")
         for j, alias in enumerate(entry.aliases):
             if not alias_key(alias):
                 problems.append(f"{where}.aliases[{j}]: empty after normalization ({alias!r})")

@@ -15,12 +15,34 @@ from promptrun.errors import InputError
 API_PORT = 8321  # the first choice; each checkout keeps the port it got in .local/ports.json
 
 
-def api_port() -> int:
-    """This checkout's port for `promptrun api`: PROMPTRUN_API_PORT, else the saved one."""
+def _local() -> Path:
+    return Path(os.environ.get("PROMPTRUN_LOCAL_DIR", ".local"))
+
+
+def running_api(port: int) -> int | None:
+    """The pid of this checkout's `promptrun api` serving on `port` (.local/api.pid), if any."""
     from promptrun.local import ports
 
-    local = Path(os.environ.get("PROMPTRUN_LOCAL_DIR", ".local"))
-    return ports.choose(local, "api", default=API_PORT, env_var="PROMPTRUN_API_PORT")
+    try:
+        pid, served = (int(x) for x in (_local() / "api.pid").read_text().split())
+    except (OSError, ValueError):
+        return None
+    alive = ports.pid_alive(pid) and "promptrun" in ports.cmdline(pid)
+    return pid if alive and served == port else None
+
+
+def api_port() -> int:
+    """This checkout's port for `promptrun api`: PROMPTRUN_API_PORT, else the saved one (kept
+    while this checkout's own server holds it, so the demo prints the URL it answers on)."""
+    from promptrun.local import ports
+
+    return ports.choose(
+        _local(),
+        "api",
+        default=API_PORT,
+        env_var="PROMPTRUN_API_PORT",
+        ours=lambda port: running_api(port) is not None,
+    )
 
 
 def _engine() -> Any:
@@ -39,6 +61,27 @@ def _day(field: str) -> Any:
             ) from None
 
     return parse
+
+
+def _batch_key(value: str) -> str:
+    from promptrun.schedule import BATCH_KEY_RE
+
+    if not BATCH_KEY_RE.match(value):
+        raise argparse.ArgumentTypeError(
+            f"--batch-key: expected a batch key like 2026-11-22, 2026-W47 or 2026-11-22T13, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"--port: expected 1-65535, got {value!r}")
+    return port
 
 
 def _pct(value: float | None) -> str:
@@ -113,13 +156,26 @@ def dashboard_url(port: int | None = None) -> str:
 def cmd_api(args: argparse.Namespace) -> int:
     from promptrun.local.api_server import LocalApi, status_app_resolver
 
-    server = LocalApi(status_app_resolver(), host="127.0.0.1", port=args.port or api_port())
+    port = args.port or api_port()
+    pid = running_api(port)
+    if pid is not None:
+        raise InputError(
+            f"the status API already runs on http://127.0.0.1:{port} (pid {pid}); "
+            "use it, stop it, or serve another one with --port N"
+        )
+    server = LocalApi(status_app_resolver(), host="127.0.0.1", port=port)
+    pid_file = _local() / "api.pid"
+    if not args.port:  # the checkout's own port: say who serves it
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()} {port}\n")
     print(f"status API on {server.url} (dashboard: {server.url}/dashboard); Ctrl-C stops it")
     print("token: the API_TOKEN of the environment (.local/api-token for the local stack)")
     try:
         server.serve_forever()
     finally:
         server.server.server_close()
+        if running_api(port) == os.getpid():
+            pid_file.unlink(missing_ok=True)
     return 0
 
 
@@ -151,7 +207,7 @@ def _slice_args(p: argparse.ArgumentParser) -> None:
 def register(sub: Any) -> None:
     vis = sub.add_parser("visibility", help="mention rate, share of voice, position per brand")
     vis.add_argument("--brand", help="brand slug (default: every tracked brand)")
-    vis.add_argument("--batch-key", action="append", help="only these batches")
+    vis.add_argument("--batch-key", action="append", type=_batch_key, help="only these batches")
     vis.add_argument(
         "--group-by",
         choices=["batch", "model", "prompt"],
@@ -162,7 +218,7 @@ def register(sub: Any) -> None:
     vis.set_defaults(func=cmd_visibility)
 
     exp = sub.add_parser("export", help="answers or mentions as csv, jsonl or parquet")
-    exp.add_argument("--batch-key", help="one batch (or --from/--to)")
+    exp.add_argument("--batch-key", type=_batch_key, help="one batch (or --from/--to)")
     exp.add_argument(
         "--format", choices=["csv", "jsonl", "parquet"], default="csv", help="default: csv"
     )
@@ -179,7 +235,7 @@ def register(sub: Any) -> None:
     api = sub.add_parser("api", help="serve the status API and the dashboard on 127.0.0.1")
     api.add_argument(
         "--port",
-        type=int,
+        type=_port,
         help="port on 127.0.0.1 (default: this checkout's, chosen once and kept in .local)",
     )
     api.set_defaults(func=cmd_api)

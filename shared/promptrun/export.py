@@ -24,7 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from promptrun.errors import InputError
 
@@ -81,6 +81,18 @@ class ExportFilter:
             where.append("mo.slug = :model")
             params["model"] = self.model
         return where, params
+
+
+def check(conn: Connection, f: ExportFilter) -> None:
+    """The filter's own checks, and a prompt or model slug naming nothing is an error (an
+    empty export would look like a quiet day)."""
+    f.where()
+    for field, value, table in (("prompt", f.prompt, "prompts"), ("model", f.model, "models")):
+        if value is not None and (
+            conn.execute(text(f"SELECT 1 FROM {table} WHERE slug = :s"), {"s": value}).first()
+            is None
+        ):
+            raise InvalidExport(field, f"unknown {field} {value!r}")
 
 
 def day_after(day: date) -> datetime:
@@ -182,6 +194,7 @@ def page(
         """
     stmt = text(sql)
     with engine.connect() as conn:
+        check(conn, f)
         rows = [dict(r._mapping) for r in conn.execute(stmt, params)]
     next_cursor = None
     if len(rows) > limit:
@@ -258,6 +271,9 @@ def write(engine: Engine, table: Table, f: ExportFilter, fmt: Format, out_path: 
     """The whole export to a file (or stdout for csv/jsonl); returns the row count."""
     import sys
 
+    # Checked before anything is written: a bad filter leaves no header and no truncated file.
+    with engine.connect() as conn:
+        check(conn, f)
     rows = all_rows(engine, table, f)
     if fmt == "parquet":
         if out_path is None:

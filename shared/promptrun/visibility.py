@@ -42,7 +42,8 @@ SENTIMENTS = ("positive", "neutral", "negative", "unknown")
 
 
 class InvalidVisibilityQuery(InputError):
-    """A query value that names nothing here (an unknown brand, from after to)."""
+    """A query value that names nothing here (an unknown brand, prompt or model; from
+    after to)."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -269,8 +270,8 @@ def _aggregate(
     for field, value, table in (("model", s.model, models), ("prompt", s.prompt, prompts)):
         if value is not None:
             found = next((i for i, slug in table.items() if slug == value), None)
-            if found is None:
-                return {}, {}
+            if found is None:  # a filter naming nothing is an error, not an empty report
+                raise InvalidVisibilityQuery(field, f"unknown {field} {value!r}")
             ids[field] = found
     names = {"model": models, "prompt": prompts}
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -79,6 +83,34 @@ def test_export_names_bad_input(answers: Answers, capsys: pytest.CaptureFixture[
     assert "--from: expected a date YYYY-MM-DD" in capsys.readouterr().err
 
 
+def test_bad_filters_are_named_and_nothing_is_written(
+    answers: Answers, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept = tmp_path / "kept.csv"
+    kept.write_text("an earlier export\n")
+    for argv, message in (
+        (["export", "--model", "nope", "-o", str(kept)], "model: unknown model 'nope'"),
+        (["export", "--prompt", "nope"], "prompt: unknown prompt 'nope'"),
+        (
+            ["export", "--batch-key", "2026-01-01", "--to", "2026-01-01", "-o", str(kept)],
+            "batch_key: give a batch key or a date range, not both",
+        ),
+        (["visibility", "--model", "nope"], "model: unknown model 'nope'"),
+    ):
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert message in err and out == "", (argv, out, err)
+    assert kept.read_text() == "an earlier export\n"
+    for argv, message in (
+        (["visibility", "--batch-key", "bad key"], "--batch-key: expected a batch key"),
+        (["export", "--batch-key", "a/b"], "--batch-key: expected a batch key"),
+        (["api", "--port", "99999"], "--port: expected 1-65535, got '99999'"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err, argv
+
+
 def test_visibility_table(answers: Answers, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["visibility", "--group-by", "model"]) == 0
     out = capsys.readouterr().out
@@ -114,3 +146,39 @@ def test_local_api_server_over_http(engine: Engine, answers: Answers) -> None:
         assert status == 422 and json.loads(body)["detail"][0]["loc"] == ["query", "group_by"]
     finally:
         api.stop()
+
+
+def test_make_api_keeps_its_port_while_it_serves(
+    answers: Answers, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`promptrun api` records itself: the demo's URL is the one it answers on, and a second
+    `promptrun api` says it runs already instead of moving the checkout to another port."""
+    from promptrun.cli_results import api_port
+
+    monkeypatch.setenv("PROMPTRUN_LOCAL_DIR", str(tmp_path))
+    monkeypatch.delenv("PROMPTRUN_API_PORT", raising=False)
+    env = {**os.environ, "DATABASE_URL": db_url, "API_TOKEN": TOKEN}
+    promptrun = str(Path(sys.executable).with_name("promptrun"))
+    proc: subprocess.Popen[str] = subprocess.Popen(
+        [promptrun, "api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("status API on http://127.0.0.1:"), first
+        url = first.split()[3]
+        port = int(url.rsplit(":", 1)[1])
+        status, _, body = get(f"{url}/visibility?group_by=batch", TOKEN)
+        assert status == 200 and json.loads(body)["groups"], body
+        assert api_port() == port  # the demo's URL while it serves
+        again = subprocess.run(
+            [promptrun, "api"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert again.returncode == 2
+        assert f"already runs on http://127.0.0.1:{port} (pid {proc.pid})" in again.stderr
+        assert api_port() == port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert not (tmp_path / "api.pid").exists()
+    assert json.loads((tmp_path / "ports.json").read_text())["api"] == port

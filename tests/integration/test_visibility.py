@@ -105,6 +105,13 @@ def test_an_alias_naming_two_brands_is_rejected_with_the_entry() -> None:
     assert "brands[2] (initech).aliases: 'globex' already names brand 'globex'" in str(err.value)
 
 
+def test_a_brand_name_that_normalizes_to_nothing_is_rejected() -> None:
+    bad = BRANDS_CATALOG.replace("{slug: initech, name: Initech}", "{slug: initech, name: '**'}")
+    with pytest.raises(InputError) as err:
+        load_catalog(bad)
+    assert "brands[2] (initech).name: empty after normalization ('**')" in str(err.value)
+
+
 def test_brands_left_out_of_the_file_are_no_longer_tracked(
     engine: Engine, answers: Answers
 ) -> None:
@@ -205,6 +212,20 @@ def test_visibility_routes_answer_and_name_bad_fields(
         resp = call(app, "/visibility", **query)
         assert resp["statusCode"] == 422, (query, resp["body"])
         assert json.loads(resp["body"])["detail"][0]["loc"][-1] == field
+    # A filter naming no prompt or model is an error, not an empty report.
+    for path, query, field in (
+        ("/visibility", {"model": "nope"}, "model"),
+        ("/visibility", {"prompt": "nope", "group_by": "batch"}, "prompt"),
+        ("/visibility/trends", {"model": "nope"}, "model"),
+        ("/dashboard/charts/visibility.svg", {"prompt": "nope"}, "prompt"),
+        ("/dashboard/answers", {"batch_key": "2026-01-01", "prompt": "nope"}, "prompt"),
+        ("/export", {"model": "nope"}, "model"),
+        ("/export", {"prompt": "nope", "table": "mentions"}, "prompt"),
+    ):
+        resp = call(app, path, **query)
+        assert resp["statusCode"] == 422, (path, query, resp["body"])
+        detail = json.loads(resp["body"])["detail"][0]
+        assert detail["loc"] == ["query", field] and "'nope'" in detail["msg"], detail
     assert call(app, "/visibility", token=None)["statusCode"] == 401
     brands = json.loads(call(app, "/brands")["body"])["items"]
     assert [b["slug"] for b in brands] == ["acme", "globex", "initech"]
@@ -238,6 +259,13 @@ def test_export_pages_through_every_row_once(app: APIGatewayRestResolver, answer
     assert len(lines) == 10  # alpha 2+2+1+1, beta 2+2
     assert {x["brand"] for x in lines if x["entity"] == "ACME.com"} == {"acme"}
     assert {x["brand"] for x in lines if x["entity"] == "Hooli"} == {None}
+    # A later page is checked too: its filter may name nothing.
+    first_page = call(app, "/export", table="answers", limit=3)
+    cursor = header(first_page, "X-Next-Cursor")
+    assert cursor
+    later = call(app, "/export", table="answers", limit=3, cursor=cursor, model="nope")
+    assert later["statusCode"] == 422
+    assert json.loads(later["body"])["detail"][0]["loc"] == ["query", "model"]
     bad = call(app, "/export", cursor="garbage")
     assert bad["statusCode"] == 422 and json.loads(bad["body"])["detail"][0]["loc"] == [
         "query",

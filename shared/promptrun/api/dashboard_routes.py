@@ -18,7 +18,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from sqlalchemy import Engine
 
-from promptrun import dashboard, visibility
+from promptrun import dashboard, operator, visibility
 from promptrun.api.visibility_routes import (
     BrandQuery,
     FromQuery,
@@ -93,6 +93,7 @@ def register(
         batch_key: Annotated[str, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")],
         prompt: Annotated[str, Query(pattern=r"^[a-z0-9][a-z0-9._-]{0,199}$")],
     ) -> dashboard.AnswerList:
+        operator.check_filters(engine_factory(), prompt=prompt)
         return dashboard.answers(engine_factory(), batch_key, prompt)
 
     @app.get(

@@ -257,6 +257,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from promptrun.cli_output import progress
 
     age = retention.parse_age(args.older_than)
+    if not 1 <= args.chunk <= retention.MAX_CHUNK:
+        raise InputError(
+            f"--chunk: jobs per transaction, 1-{retention.MAX_CHUNK}; got {args.chunk}"
+        )
     if args.dry_run:
         print(retention.prune(_engine(), age, dry_run=True).line())
         return 0
@@ -358,6 +362,9 @@ def add_commands(sub: Any) -> None:
     prune.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 90d, 12h, 2w")
     prune.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
     prune.add_argument(
-        "--chunk", type=int, default=1000, help="jobs deleted per transaction (default 1000)"
+        "--chunk",
+        type=int,
+        default=1000,
+        help="jobs deleted per transaction, 1-10000 (default 1000)",
     )
     prune.set_defaults(func=cmd_prune)

@@ -139,6 +139,13 @@ def test_prune_deletes_old_finished_jobs_with_answers_and_mentions_in_chunks(
     assert left == {jobs4["beta0"], jobs4["beta1"]}  # recent, and queued however old
     assert answers == 1 and versions == 1
     assert retention.prune(engine, age).jobs == 0
+    # Running with an old finished_at (left by an earlier attempt, then retried): kept too.
+    set_status(
+        engine, jobs4["beta1"], "processing", finished_at=datetime.now(UTC) - timedelta(days=100)
+    )
+    assert retention.prune(engine, age, dry_run=True).jobs == 0
+    assert retention.prune(engine, age).jobs == 0
+    assert job(engine, jobs4["beta1"])["status"] == "processing"
 
 
 @pytest.mark.parametrize("bad", ["90", "ninety days", "0d", "-5d", "30m"])

@@ -321,6 +321,31 @@ def test_a_job_runs_the_prompt_version_it_records_even_after_the_text_changed(
     assert job(engine, batch["alpha0"])["prompt_version"] == recorded
 
 
+def test_the_batch_path_runs_the_recorded_version_too(
+    engine: Engine, settings: Settings, sqs: Any
+) -> None:
+    """The processor's handler claims whole SQS batches (batch_runner): same race, same answer."""
+    from promptrun.batch_runner import BatchRunner, Record
+
+    sync(engine, CATALOG)
+    queue = JobQueue(settings.jobs_queue_url or "")
+    run_fanout(engine, queue, FanoutRequest(at=AT), settings)
+    messages = receive_all(sqs, settings.jobs_queue_url)
+    with engine.connect() as conn:
+        recorded = set(conn.execute(text("SELECT prompt_version FROM prompt_jobs")).scalars())
+    sync(engine, CATALOG.replace("best CRM tools?", "best CRM tools for a bakery?"))
+
+    result = BatchRunner(engine, settings, queue).run(
+        [Record(m["MessageId"], m["Body"], m["ReceiptHandle"]) for m in messages]
+    )
+    assert list(result.outcomes.values()) == [Outcome.SUCCEEDED] * 4, result
+    with engine.connect() as conn:
+        answers = conn.execute(text("SELECT answer_text FROM responses")).scalars().all()
+        ran = set(conn.execute(text("SELECT prompt_version FROM prompt_jobs")).scalars())
+    assert len(answers) == 4 and ran == recorded
+    assert all("best CRM tools?" in a and "bakery" not in a for a in answers)
+
+
 def test_prompt_versions_are_immutable(engine: Engine, batch: dict[str, uuid.UUID]) -> None:
     with pytest.raises(DBAPIError, match="immutable"), engine.begin() as conn:
         conn.execute(text("UPDATE prompt_versions SET text = 'something else'"))

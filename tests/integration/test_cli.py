@@ -119,8 +119,9 @@ def test_retry_cancel_and_read_results_from_the_terminal(
     assert code == 0 and out.startswith("2 queued jobs cancelled; 0 running"), out
     set_status(engine, batch["alpha0"], "failed", error_kind="server")
 
-    code, out, _ = run(capsys, "retry", DAILY, "--status", "cancelled", "--model", "beta")
+    code, out, err = run(capsys, "retry", DAILY, "--status", "cancelled", "--model", "beta")
     assert code == 0 and out.startswith("2 jobs back to queued"), out
+    assert "sending retried jobs: 2" in err  # progress, on stderr
     assert {
         json.loads(m["Body"])["job_id"]
         for m in receive_all(sqs, settings.jobs_queue_url, delete=True)
@@ -171,7 +172,8 @@ def test_rerun_dlq_and_prune_from_the_terminal(
     set_status(engine, batch["alpha1"], "succeeded")
     for job_id in (batch["alpha0"], batch["alpha1"]):
         sqs.send_message(QueueUrl=dlq_url, MessageBody=json.dumps({"job_id": str(job_id)}))
-    code, out, _ = run(capsys, "dlq", "show")
+    code, out, err = run(capsys, "dlq", "show")
+    assert "reading the dead-letter queue: 2" in err  # progress, on stderr
     assert code == 0 and out.strip().splitlines()[-1].startswith(
         "dead-letter queue: 1 finished, 1 runnable (nothing changed"
     ), out

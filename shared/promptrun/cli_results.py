@@ -112,8 +112,10 @@ def dashboard_url(port: int | None = None) -> str:
 
 def cmd_api(args: argparse.Namespace) -> int:
     from promptrun.local.api_server import LocalApi, status_app_resolver
+    from promptrun.local.ports import port_number
 
-    server = LocalApi(status_app_resolver(), host="127.0.0.1", port=args.port or api_port())
+    port = api_port() if args.port is None else port_number("--port", args.port)
+    server = LocalApi(status_app_resolver(), host="127.0.0.1", port=port)
     print(f"status API on {server.url} (dashboard: {server.url}/dashboard); Ctrl-C stops it")
     print("token: the API_TOKEN of the environment (.local/api-token for the local stack)")
     try:

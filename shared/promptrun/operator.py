@@ -31,8 +31,9 @@ SEND_CHUNK = 500
 Sender = Callable[[list[str]], SendResult]
 
 
-class NotFound(PromptrunError):
-    """The batch, job, prompt or model an operator named does not exist."""
+class NotFound(InputError):
+    """The batch, job, prompt or model an operator named does not exist (bad input: the CLI
+    exits 2, as for an unknown filter; the API answers 404)."""
 
     def __init__(self, what: str, field: str) -> None:
         super().__init__(what)

@@ -94,6 +94,25 @@ def test_combinations_that_cannot_work_are_refused_in_one_line(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["retry", "1999-01-01"],
+        ["cancel", DAILY, "--prompt", "nope"],
+        ["cancel", "--job", str(uuid.UUID(int=9))],
+        ["show", str(uuid.UUID(int=9))],
+        ["rerun", "--changed", "--batch-key", "1999-01-01"],
+        ["jobs", "--model", "nope"],
+        ["poll", "--until-done", "1999-01-01"],
+    ],
+)
+def test_a_name_that_does_not_exist_is_bad_input_exit_2(
+    capsys: pytest.CaptureFixture[str], batch: dict[str, uuid.UUID], argv: list[str]
+) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+
+
 def test_every_option_has_help() -> None:
     parser = cli.build_parser()
     missing = []

@@ -29,6 +29,9 @@ from promptrun.observability import logger
 # How long the scanned messages stay invisible while one check runs.
 SCAN_VISIBILITY_SECONDS = 120
 MAX_MESSAGES = 10_000
+# Long polling (>= 1 s) asks every SQS server; a short poll samples some and can answer empty
+# while messages wait, which would end the scan early and leave them unchecked.
+RECEIVE_WAIT_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def _receive_all(
         msgs = sqs.receive_message(
             QueueUrl=dlq_url,
             MaxNumberOfMessages=10,
-            WaitTimeSeconds=0,
+            WaitTimeSeconds=RECEIVE_WAIT_SECONDS,
             VisibilityTimeout=SCAN_VISIBILITY_SECONDS,
         ).get("Messages", [])
         if not msgs:

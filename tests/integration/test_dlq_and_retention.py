@@ -184,3 +184,25 @@ def test_prune_stops_at_its_time_budget(engine: Engine, jobs4: dict[str, uuid.UU
     report = retention.prune(engine, timedelta(days=1), chunk=1, time_budget=0)
     assert report.complete is False and report.jobs == 0
     assert "run again" in report.line()
+
+
+def test_the_scan_long_polls_so_sqs_never_answers_a_false_empty(
+    engine: Engine, settings: Settings, sqs: Any, jobs4: dict[str, uuid.UUID]
+) -> None:
+    """A short poll (WaitTimeSeconds=0) samples some SQS servers and may answer empty while
+    messages wait; the scan stops at the first empty answer, so it must long-poll."""
+    dlq_url = dlq_url_of(sqs, settings.jobs_queue_url or "")
+    dead_letter(sqs, dlq_url, [json.dumps({"job_id": str(jobs4["alpha0"])})])
+    waits: list[int] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(sqs, name)
+
+        def receive_message(self, **kwargs: Any) -> Any:
+            waits.append(kwargs.get("WaitTimeSeconds", 0))
+            return sqs.receive_message(**kwargs)
+
+    report = dlq.check_dead_letters(engine, Recording(), dlq_url, None, redrive=False)
+    assert [d.verdict for d in report.letters] == ["runnable"]
+    assert waits and min(waits) >= 1, waits

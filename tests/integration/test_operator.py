@@ -204,6 +204,43 @@ def test_retry_one_job_through_the_api(
     assert message_ids(sqs, settings.jobs_queue_url) == {str(batch["beta1"])}
 
 
+def test_a_retry_whose_messages_were_not_sent_loses_nothing(
+    engine: Engine, settings: Settings, sqs: Any, batch: dict[str, uuid.UUID]
+) -> None:
+    """SQS refusing some messages (or a crash after the commit): the jobs stay queued, unmarked,
+    and the next fan-out sends them; the retry says how many it left."""
+    from promptrun.aws import SendResult
+
+    for key in ("alpha0", "alpha1", "beta0"):
+        set_status(engine, batch[key], "failed", error_kind="server")
+
+    def half_refused(ids: list[str]) -> SendResult:
+        sent = sorted(ids)[:1]
+        queue.send_jobs(sent)
+        return SendResult(sent=sent, failed={i: "throttled" for i in ids if i not in sent})
+
+    queue = JobQueue(settings.jobs_queue_url or "")
+    result = operator.retry_batch(engine, half_refused, DAILY, fresh_attempts=3)
+    assert (result.retried, result.sent) == (3, 1)
+    first = message_ids(sqs, settings.jobs_queue_url)
+    assert len(first) == 1
+    # The next scheduled fan-out (any period) sends the two left over, and only them.
+    later = FanoutRequest(at=AT + timedelta(days=1))
+    run_fanout(engine, queue, later, settings)
+    with engine.connect() as conn:
+        new_batch = set(
+            str(i)
+            for i in conn.execute(
+                text("SELECT id FROM prompt_jobs WHERE batch_key <> :k"), {"k": DAILY}
+            ).scalars()
+        )
+    resent = message_ids(sqs, settings.jobs_queue_url) - new_batch
+    assert resent == {str(batch[k]) for k in ("alpha0", "alpha1", "beta0")} - first
+    assert all(
+        job(engine, batch[k])["enqueued_at"] is not None for k in ("alpha0", "alpha1", "beta0")
+    )
+
+
 # --- cancel ----------------------------------------------------------------------------------
 
 

@@ -137,6 +137,13 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from promptrun.settings import get_settings
 
     settings = get_settings().require("queue")
+    if args.timeout is not None and args.until_done is None:
+        raise InputError(
+            "poll: --timeout goes with --until-done (without it the poller runs until Ctrl-C)"
+        )
+    if args.function is not None and not args.lambda_endpoint:
+        raise InputError("poll: --function names a function at --lambda-endpoint; give both")
+    timeout = _seconds("--timeout", args.timeout, 600)
     if args.until_done is not None:
         if not args.until_done:
             raise InputError("poll: --until-done needs the batch keys to wait for")
@@ -150,7 +157,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
             endpoint_url=args.lambda_endpoint,
             config=Config(read_timeout=900, retries={"max_attempts": 0}),
         )
-        invoker = lambda_invoker(lam, args.function)
+        invoker = lambda_invoker(lam, args.function or "ProcessorFunction")
     else:
 
         def invoker(event: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +168,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         try:
             poller.run_until(
                 lambda: _batch_finished(args.until_done),
-                timeout=args.timeout,
+                timeout=timeout,
                 on_progress=_progress,
             )
         finally:
@@ -203,8 +210,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(option: str, value: float | None, default: float) -> float:
+    """A duration option: not negative (a negative sleep or deadline is a traceback or a lie)."""
+    if value is None:
+        return default
+    if not value >= 0:  # NaN too
+        raise InputError(f"{option}: seconds, 0 or more; got {value:g}")
+    return value
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
-    deadline = time.monotonic() + args.timeout
+    _seconds("--interval", args.interval, 3)
+    deadline = time.monotonic() + _seconds("--timeout", args.timeout, 3600)
     while True:
         s = batch_summary(args.batch_key)
         print(render_summary(s))
@@ -303,11 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--function",
-            default="ProcessorFunction",
             help="the function name at --lambda-endpoint (default ProcessorFunction)",
         )
         p.add_argument(
-            "--timeout", type=float, default=600, help="give up after this many seconds (600)"
+            "--timeout",
+            type=float,
+            help="with --until-done: give up after this many seconds (600)",
         )
         p.set_defaults(func=func)
     summ = sub.add_parser("summary", help="a batch's summary, from the status API")

@@ -169,6 +169,7 @@ def _one_target(args: argparse.Namespace, verb: str) -> None:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from promptrun import operator
+    from promptrun.cli_output import progress
 
     _one_target(args, "retry")
     fresh = _settings().max_attempts
@@ -176,15 +177,17 @@ def cmd_retry(args: argparse.Namespace) -> int:
         result = operator.retry_job(_engine(), _sender(), _job_id(args.job), fresh)
     else:
         statuses = [s.strip() for s in args.status.split(",") if s.strip()] if args.status else None
-        result = operator.retry_batch(
-            _engine(),
-            _sender(),
-            _batch_key(args.batch_key),
-            statuses=statuses,
-            model=args.model,
-            prompt=args.prompt,
-            fresh_attempts=fresh,
-        )
+        with progress("sending retried jobs") as shown:
+            result = operator.retry_batch(
+                _engine(),
+                _sender(),
+                _batch_key(args.batch_key),
+                statuses=statuses,
+                model=args.model,
+                prompt=args.prompt,
+                fresh_attempts=fresh,
+                on_progress=shown.update,
+            )
     later = result.retried - result.sent
     print(
         f"{result.retried} jobs back to queued with {fresh} fresh attempts; {result.sent} sent"
@@ -235,18 +238,21 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     from promptrun import dlq
     from promptrun.aws import JobQueue, client
+    from promptrun.cli_output import progress
 
     settings = _settings().require("database", "dlq")
     queue = None
     if args.action == "redrive":
         queue = JobQueue(settings.require("queue").jobs_queue_url or "")
-    report = dlq.check_dead_letters(
-        _engine(),
-        client("sqs"),
-        settings.jobs_dlq_url or "",
-        queue,
-        redrive=args.action == "redrive",
-    )
+    with progress("reading the dead-letter queue") as shown:
+        report = dlq.check_dead_letters(
+            _engine(),
+            client("sqs"),
+            settings.jobs_dlq_url or "",
+            queue,
+            redrive=args.action == "redrive",
+            on_progress=shown.update,
+        )
     for line in report.lines():
         print(line)
     return 0
@@ -257,6 +263,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from promptrun.cli_output import progress
 
     age = retention.parse_age(args.older_than)
+    if not 1 <= args.chunk <= retention.MAX_CHUNK:
+        raise InputError(
+            f"--chunk: jobs per transaction, 1-{retention.MAX_CHUNK}; got {args.chunk}"
+        )
     if args.dry_run:
         print(retention.prune(_engine(), age, dry_run=True).line())
         return 0
@@ -358,6 +368,9 @@ def add_commands(sub: Any) -> None:
     prune.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 90d, 12h, 2w")
     prune.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
     prune.add_argument(
-        "--chunk", type=int, default=1000, help="jobs deleted per transaction (default 1000)"
+        "--chunk",
+        type=int,
+        default=1000,
+        help="jobs deleted per transaction, 1-10000 (default 1000)",
     )
     prune.set_defaults(func=cmd_prune)

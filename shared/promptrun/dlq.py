@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,9 @@ from promptrun.observability import logger
 # How long the scanned messages stay invisible while one check runs.
 SCAN_VISIBILITY_SECONDS = 120
 MAX_MESSAGES = 10_000
+# Long polling (>= 1 s) asks every SQS server; a short poll samples some and can answer empty
+# while messages wait, which would end the scan early and leave them unchecked.
+RECEIVE_WAIT_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -72,19 +76,23 @@ def _job_id(body: str) -> str | None:
         return None
 
 
-def _receive_all(sqs: Any, dlq_url: str, limit: int) -> list[dict[str, Any]]:
+def _receive_all(
+    sqs: Any, dlq_url: str, limit: int, on_progress: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     while len(seen) < limit:
         msgs = sqs.receive_message(
             QueueUrl=dlq_url,
             MaxNumberOfMessages=10,
-            WaitTimeSeconds=0,
+            WaitTimeSeconds=RECEIVE_WAIT_SECONDS,
             VisibilityTimeout=SCAN_VISIBILITY_SECONDS,
         ).get("Messages", [])
         if not msgs:
             break
         for m in msgs:
             seen.setdefault(m["MessageId"], m)
+        if on_progress is not None:
+            on_progress(len(seen))
     return list(seen.values())
 
 
@@ -114,10 +122,12 @@ def check_dead_letters(
     *,
     redrive: bool,
     limit: int = MAX_MESSAGES,
+    on_progress: Callable[[int], None] | None = None,
 ) -> DlqReport:
     """Read every message of the dead-letter queue and judge it by its job row; with
-    `redrive`, re-send the runnable ones to `queue` and delete the dropped ones."""
-    messages = _receive_all(sqs, dlq_url, limit)
+    `redrive`, re-send the runnable ones to `queue` and delete the dropped ones.
+    `on_progress` hears how many messages have been read so far."""
+    messages = _receive_all(sqs, dlq_url, limit, on_progress)
     ids = {m["MessageId"]: _job_id(m.get("Body", "")) for m in messages}
     wanted = sorted({uuid.UUID(i) for i in ids.values() if i})
     states: dict[str, Any] = {}

@@ -31,8 +31,9 @@ SEND_CHUNK = 500
 Sender = Callable[[list[str]], SendResult]
 
 
-class NotFound(PromptrunError):
-    """The batch, job, prompt or model an operator named does not exist."""
+class NotFound(InputError):
+    """The batch, job, prompt or model an operator named does not exist (bad input: the CLI
+    exits 2, as for an unknown filter; the API answers 404)."""
 
     def __init__(self, what: str, field: str) -> None:
         super().__init__(what)
@@ -121,8 +122,14 @@ _RETRY = """
 """
 
 
-def send_and_mark(engine: Engine, send: Sender | None, ids: list[str]) -> int:
-    """Send the jobs' messages and mark what SQS took; returns how many were sent."""
+def send_and_mark(
+    engine: Engine,
+    send: Sender | None,
+    ids: list[str],
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Send the jobs' messages and mark what SQS took; returns how many were sent.
+    `on_progress` hears the count sent so far after each chunk (a large batch takes minutes)."""
     if send is None:
         return 0
     sent = 0
@@ -137,6 +144,8 @@ def send_and_mark(engine: Engine, send: Sender | None, ids: list[str]) -> int:
                     {"ids": [uuid.UUID(i) for i in outcome.sent]},
                 )
         sent += len(outcome.sent)
+        if on_progress is not None:
+            on_progress(sent)
     return sent
 
 
@@ -149,6 +158,7 @@ def retry_batch(
     model: str | None = None,
     prompt: str | None = None,
     fresh_attempts: int = 5,
+    on_progress: Callable[[int], None] | None = None,
 ) -> RetryResult:
     """Put a batch's failed/cancelled/skipped jobs (filtered) back to queued and send them."""
     wanted = parse_statuses(statuses)
@@ -170,7 +180,7 @@ def retry_batch(
                 params,
             )
         ]
-    sent = send_and_mark(engine, send, ids)
+    sent = send_and_mark(engine, send, ids, on_progress)
     return RetryResult(retried=len(ids), sent=sent, job_ids=[uuid.UUID(i) for i in ids[:1000]])
 
 

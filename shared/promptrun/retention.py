@@ -18,6 +18,7 @@ from sqlalchemy import Engine, bindparam, text
 from promptrun.errors import InputError
 
 CHUNK = 1000
+MAX_CHUNK = 10_000  # a chunk is one transaction's locks and deletes: keep it short
 _FINISHED = "('succeeded', 'failed', 'cancelled', 'skipped')"
 _AGE_RE = re.compile(r"^\s*(\d{1,6})\s*([dhw])\s*$")
 

@@ -9,12 +9,23 @@ from datetime import timedelta
 from sqlalchemy import Engine, text
 
 from promptrun import operator, retention
+from promptrun.catalog import load_catalog, sync_catalog
 
 OLD_JOBS = 50_000
 
 
+def _catalog() -> str:
+    # The 50 prompts and 4 models the seed spreads its jobs over (a fresh database has none).
+    models = "\n".join(f"  - {{slug: m{i}, provider: offline, model: m{i}}}" for i in range(4))
+    prompts = "\n".join(
+        f'  - {{slug: p{i}, text: "Question {i}?", schedule: daily}}' for i in range(50)
+    )
+    return f"models:\n{models}\nprompts:\n{prompts}\n"
+
+
 def _seed(engine: Engine) -> None:
     # Finished jobs 100 days old, one answer each, over the catalogue's prompts and models.
+    sync_catalog(engine, load_catalog(_catalog()))
     with engine.begin() as conn:
         conn.execute(
             text(

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 
 from promptrun import cli
 from promptrun.settings import Settings, get_settings
-from tests.integration.test_operator import DAILY, fanned_out, job, set_status
+from tests.integration.test_operator import DAILY, fanned_out, job, message_ids, set_status
 from tests.support.sqs import receive_all
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,6 +74,14 @@ def batch(
         (["show", str(uuid.UUID(int=7))], "not found"),
         (["jobs", "--prompt", "nope"], "unknown prompt 'nope'"),
         (["prune", "--older-than", "soon"], "--older-than"),
+        # Options that were silently ignored or ended in a traceback or a database error.
+        (["prune", "--older-than", "90d", "--chunk", "0"], "--chunk: jobs per transaction"),
+        (["prune", "--older-than", "90d", "--chunk", "-5"], "--chunk: jobs per transaction"),
+        (["poll", "--timeout", "5"], "--timeout goes with --until-done"),
+        (["poll", "--until-done", DAILY, "--function", "F"], "--function names a function"),
+        (["poll", "--until-done", DAILY, "--timeout", "-1"], "--timeout: seconds, 0 or more"),
+        (["watch", DAILY, "--interval", "-1"], "--interval: seconds, 0 or more"),
+        (["watch", DAILY, "--timeout", "nan"], "--timeout: seconds, 0 or more"),
     ],
 )
 def test_combinations_that_cannot_work_are_refused_in_one_line(
@@ -84,6 +92,25 @@ def test_combinations_that_cannot_work_are_refused_in_one_line(
     assert says in err, err
     assert err.startswith("promptrun: ") and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["retry", "1999-01-01"],
+        ["cancel", DAILY, "--prompt", "nope"],
+        ["cancel", "--job", str(uuid.UUID(int=9))],
+        ["show", str(uuid.UUID(int=9))],
+        ["rerun", "--changed", "--batch-key", "1999-01-01"],
+        ["jobs", "--model", "nope"],
+        ["poll", "--until-done", "1999-01-01"],
+    ],
+)
+def test_a_name_that_does_not_exist_is_bad_input_exit_2(
+    capsys: pytest.CaptureFixture[str], batch: dict[str, uuid.UUID], argv: list[str]
+) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
 
 
 def test_every_option_has_help() -> None:
@@ -111,8 +138,9 @@ def test_retry_cancel_and_read_results_from_the_terminal(
     assert code == 0 and out.startswith("2 queued jobs cancelled; 0 running"), out
     set_status(engine, batch["alpha0"], "failed", error_kind="server")
 
-    code, out, _ = run(capsys, "retry", DAILY, "--status", "cancelled", "--model", "beta")
+    code, out, err = run(capsys, "retry", DAILY, "--status", "cancelled", "--model", "beta")
     assert code == 0 and out.startswith("2 jobs back to queued"), out
+    assert "sending retried jobs: 2" in err  # progress, on stderr
     assert {
         json.loads(m["Body"])["job_id"]
         for m in receive_all(sqs, settings.jobs_queue_url, delete=True)
@@ -136,6 +164,60 @@ def test_retry_cancel_and_read_results_from_the_terminal(
 
     code, out, _ = run(capsys, "show", str(batch["alpha1"]))
     assert code == 0 and "id " in out and "no answer" in out
+
+
+def test_rerun_dlq_and_prune_from_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+    engine: Engine,
+    settings: Settings,
+    sqs: Any,
+    batch: dict[str, uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.conftest import sync
+    from tests.integration.test_dlq_and_retention import dlq_url_of
+    from tests.integration.test_operator import CATALOG
+
+    code, out, _ = run(capsys, "rerun", "--changed")
+    assert code == 0 and out.startswith("no prompt needs a re-run"), out
+    sync(engine, CATALOG.replace("best CRM tools?", "best CRM tools for a florist?"))
+    code, out, _ = run(capsys, "rerun", "--changed")
+    assert code == 0 and "re-ran crm: 4 jobs created, 4 sent" in out, out
+    assert len(receive_all(sqs, settings.jobs_queue_url, delete=True)) == 4
+
+    dlq_url = dlq_url_of(sqs, settings.jobs_queue_url or "")
+    monkeypatch.setenv("JOBS_DLQ_URL", dlq_url)
+    get_settings.cache_clear()
+    set_status(engine, batch["alpha1"], "succeeded")
+    for job_id in (batch["alpha0"], batch["alpha1"]):
+        sqs.send_message(QueueUrl=dlq_url, MessageBody=json.dumps({"job_id": str(job_id)}))
+    code, out, err = run(capsys, "dlq", "show")
+    assert "reading the dead-letter queue: 2" in err  # progress, on stderr
+    assert code == 0 and out.strip().splitlines()[-1].startswith(
+        "dead-letter queue: 1 finished, 1 runnable (nothing changed"
+    ), out
+    code, out, _ = run(capsys, "dlq", "redrive")
+    assert code == 0 and "1 re-sent, 1 dropped, 0 kept" in out, out
+    assert message_ids(sqs, settings.jobs_queue_url) == {str(batch["alpha0"])}
+    assert receive_all(sqs, dlq_url) == []
+
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE prompt_jobs SET finished_at = now() - interval '100 days' WHERE id = :id"),
+            {"id": batch["alpha1"]},
+        )
+    code, out, _ = run(capsys, "prune", "--older-than", "90d", "--dry-run")
+    assert code == 0 and out.startswith("would delete 1 finished jobs"), out
+    code, out, err = run(capsys, "prune", "--older-than", "90d", "--chunk", "1")
+    assert code == 0 and out.startswith("deleted 1 finished jobs"), out
+    assert "pruning finished jobs: 1" in err  # progress, on stderr
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM prompt_jobs WHERE id = :id"), {"id": batch["alpha1"]}
+            ).scalar_one()
+            == 0
+        )
 
 
 def test_show_and_entities_print_the_answer_and_mentions(

@@ -139,6 +139,13 @@ def test_prune_deletes_old_finished_jobs_with_answers_and_mentions_in_chunks(
     assert left == {jobs4["beta0"], jobs4["beta1"]}  # recent, and queued however old
     assert answers == 1 and versions == 1
     assert retention.prune(engine, age).jobs == 0
+    # Running with an old finished_at (left by an earlier attempt, then retried): kept too.
+    set_status(
+        engine, jobs4["beta1"], "processing", finished_at=datetime.now(UTC) - timedelta(days=100)
+    )
+    assert retention.prune(engine, age, dry_run=True).jobs == 0
+    assert retention.prune(engine, age).jobs == 0
+    assert job(engine, jobs4["beta1"])["status"] == "processing"
 
 
 @pytest.mark.parametrize("bad", ["90", "ninety days", "0d", "-5d", "30m"])
@@ -177,3 +184,25 @@ def test_prune_stops_at_its_time_budget(engine: Engine, jobs4: dict[str, uuid.UU
     report = retention.prune(engine, timedelta(days=1), chunk=1, time_budget=0)
     assert report.complete is False and report.jobs == 0
     assert "run again" in report.line()
+
+
+def test_the_scan_long_polls_so_sqs_never_answers_a_false_empty(
+    engine: Engine, settings: Settings, sqs: Any, jobs4: dict[str, uuid.UUID]
+) -> None:
+    """A short poll (WaitTimeSeconds=0) samples some SQS servers and may answer empty while
+    messages wait; the scan stops at the first empty answer, so it must long-poll."""
+    dlq_url = dlq_url_of(sqs, settings.jobs_queue_url or "")
+    dead_letter(sqs, dlq_url, [json.dumps({"job_id": str(jobs4["alpha0"])})])
+    waits: list[int] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(sqs, name)
+
+        def receive_message(self, **kwargs: Any) -> Any:
+            waits.append(kwargs.get("WaitTimeSeconds", 0))
+            return sqs.receive_message(**kwargs)
+
+    report = dlq.check_dead_letters(engine, Recording(), dlq_url, None, redrive=False)
+    assert [d.verdict for d in report.letters] == ["runnable"]
+    assert waits and min(waits) >= 1, waits

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from promptrun.errors import ConfigError
 from promptrun.local import moto_server, ports, postgres, stack
 from tests.support.stack import REPO
 
@@ -128,10 +129,30 @@ def test_an_explicit_port_taken_by_another_server_is_an_error(
         other.listen()
         taken = other.getsockname()[1]
         monkeypatch.setenv("PROMPTRUN_MOTO_PORT", str(taken))
-        with pytest.raises(RuntimeError, match="not this checkout's moto"):
+        with pytest.raises(ConfigError, match="not this checkout's moto"):
             ports.choose(tmp_path, "moto", default=5010, env_var="PROMPTRUN_MOTO_PORT")
         monkeypatch.delenv("PROMPTRUN_MOTO_PORT")
         # Saved, not explicit: a new port is chosen and saved instead.
         (tmp_path / "ports.json").write_text(json.dumps({"moto": taken}))
         chosen = ports.choose(tmp_path, "moto", default=5010)
         assert chosen != taken and ports.saved(tmp_path) == {"moto": chosen}
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "70000", "-1", ""])
+def test_a_port_a_person_gives_is_checked_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("PROMPTRUN_API_PORT", value or " ")
+    with pytest.raises(ConfigError, match="PROMPTRUN_API_PORT: a port number 1-65535"):
+        ports.choose(tmp_path, "api", default=8321, env_var="PROMPTRUN_API_PORT")
+    assert ports.saved(tmp_path) == {}  # nothing saved
+
+
+@pytest.mark.parametrize("value", ["99999", "-1", "0"])
+def test_api_port_option_out_of_range_is_one_line_naming_it(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from promptrun import cli
+
+    assert cli.main(["api", "--port", value]) == 2
+    assert capsys.readouterr().err == f"promptrun: --port: a port number 1-65535; got {value}\n"

@@ -161,8 +161,9 @@ def test_retry_a_batch_through_the_api_requeues_with_fresh_attempts_and_sends(
     assert body["job_ids"] == [str(batch["alpha0"])]
     row = job(engine, batch["alpha0"])
     assert row["status"] == "queued" and row["error_kind"] is None
-    # The attempt counter keeps counting (a late worker of attempt 3 cannot finish attempt 4).
-    assert row["attempt_count"] == 3 and row["max_attempts"] == 3 + 5
+    # The attempt counter keeps counting (a late worker of attempt 3 cannot finish attempt 4);
+    # MAX_ATTEMPTS more attempts (3 in these settings), as the CLI gives.
+    assert row["attempt_count"] == 3 and row["max_attempts"] == 3 + settings.max_attempts == 6
     assert row["enqueued_at"] is not None
     assert message_ids(sqs, settings.jobs_queue_url) == {str(batch["alpha0"])}
 
@@ -199,8 +200,45 @@ def test_retry_one_job_through_the_api(
     set_status(engine, batch["beta1"], "failed", attempt_count=5, error_kind="attempts_exhausted")
     status, body = call(api, "POST", f"/jobs/{batch['beta1']}/retry")
     assert status == 200 and body == {"retried": 1, "sent": 1, "job_ids": [str(batch["beta1"])]}
-    assert job(engine, batch["beta1"])["max_attempts"] == 10
+    assert job(engine, batch["beta1"])["max_attempts"] == 5 + settings.max_attempts == 8
     assert message_ids(sqs, settings.jobs_queue_url) == {str(batch["beta1"])}
+
+
+def test_a_retry_whose_messages_were_not_sent_loses_nothing(
+    engine: Engine, settings: Settings, sqs: Any, batch: dict[str, uuid.UUID]
+) -> None:
+    """SQS refusing some messages (or a crash after the commit): the jobs stay queued, unmarked,
+    and the next fan-out sends them; the retry says how many it left."""
+    from promptrun.aws import SendResult
+
+    for key in ("alpha0", "alpha1", "beta0"):
+        set_status(engine, batch[key], "failed", error_kind="server")
+
+    def half_refused(ids: list[str]) -> SendResult:
+        sent = sorted(ids)[:1]
+        queue.send_jobs(sent)
+        return SendResult(sent=sent, failed={i: "throttled" for i in ids if i not in sent})
+
+    queue = JobQueue(settings.jobs_queue_url or "")
+    result = operator.retry_batch(engine, half_refused, DAILY, fresh_attempts=3)
+    assert (result.retried, result.sent) == (3, 1)
+    first = message_ids(sqs, settings.jobs_queue_url)
+    assert len(first) == 1
+    # The next scheduled fan-out (any period) sends the two left over, and only them.
+    later = FanoutRequest(at=AT + timedelta(days=1))
+    run_fanout(engine, queue, later, settings)
+    with engine.connect() as conn:
+        new_batch = set(
+            str(i)
+            for i in conn.execute(
+                text("SELECT id FROM prompt_jobs WHERE batch_key <> :k"), {"k": DAILY}
+            ).scalars()
+        )
+    resent = message_ids(sqs, settings.jobs_queue_url) - new_batch
+    assert resent == {str(batch[k]) for k in ("alpha0", "alpha1", "beta0")} - first
+    assert all(
+        job(engine, batch[k])["enqueued_at"] is not None for k in ("alpha0", "alpha1", "beta0")
+    )
 
 
 # --- cancel ----------------------------------------------------------------------------------
@@ -318,6 +356,31 @@ def test_a_job_runs_the_prompt_version_it_records_even_after_the_text_changed(
         ).scalar_one()
     assert "What are the best CRM tools?" in answer and "bakery" not in answer
     assert job(engine, batch["alpha0"])["prompt_version"] == recorded
+
+
+def test_the_batch_path_runs_the_recorded_version_too(
+    engine: Engine, settings: Settings, sqs: Any
+) -> None:
+    """The processor's handler claims whole SQS batches (batch_runner): same race, same answer."""
+    from promptrun.batch_runner import BatchRunner, Record
+
+    sync(engine, CATALOG)
+    queue = JobQueue(settings.jobs_queue_url or "")
+    run_fanout(engine, queue, FanoutRequest(at=AT), settings)
+    messages = receive_all(sqs, settings.jobs_queue_url)
+    with engine.connect() as conn:
+        recorded = set(conn.execute(text("SELECT prompt_version FROM prompt_jobs")).scalars())
+    sync(engine, CATALOG.replace("best CRM tools?", "best CRM tools for a bakery?"))
+
+    result = BatchRunner(engine, settings, queue).run(
+        [Record(m["MessageId"], m["Body"], m["ReceiptHandle"]) for m in messages]
+    )
+    assert list(result.outcomes.values()) == [Outcome.SUCCEEDED] * 4, result
+    with engine.connect() as conn:
+        answers = conn.execute(text("SELECT answer_text FROM responses")).scalars().all()
+        ran = set(conn.execute(text("SELECT prompt_version FROM prompt_jobs")).scalars())
+    assert len(answers) == 4 and ran == recorded
+    assert all("best CRM tools?" in a and "bakery" not in a for a in answers)
 
 
 def test_prompt_versions_are_immutable(engine: Engine, batch: dict[str, uuid.UUID]) -> None:

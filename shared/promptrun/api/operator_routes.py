@@ -43,8 +43,10 @@ def register(
     engine_factory: Callable[[], Any],
     sender: Callable[[], Sender],
     errors: dict[int, Any],
+    fresh_attempts: int = 5,
 ) -> None:
-    """Add the operator routes to the status API's resolver."""
+    """Add the operator routes to the status API's resolver; a retry gives each job
+    `fresh_attempts` more attempts, as the CLI's does (MAX_ATTEMPTS)."""
 
     def _error(status: int, message: str) -> Response:
         return Response(
@@ -102,6 +104,7 @@ def register(
             statuses=req.status,
             model=req.model,
             prompt=req.prompt,
+            fresh_attempts=fresh_attempts,
         )
 
     @app.post(
@@ -119,7 +122,7 @@ def register(
 
     @app.post("/jobs/<job_id>/retry", responses=with_conflict, summary="retry one finished job")
     def retry_job(job_id: uuid.UUID) -> operator.RetryResult:
-        return operator.retry_job(engine_factory(), sender(), job_id)
+        return operator.retry_job(engine_factory(), sender(), job_id, fresh_attempts)
 
     @app.post(
         "/jobs/<job_id>/cancel",

@@ -129,9 +129,11 @@ def build_app(
     engine_factory: EngineFactory,
     token_provider: TokenProvider,
     sender: Callable[[], Any] = lambda: None,
+    fresh_attempts: int = 5,
 ) -> APIGatewayRestResolver:
     """The resolver with its routes. The engine and the token are fetched on use, not here.
-    `sender` gives the SQS sender for retried jobs (None: the next fan-out sends them)."""
+    `sender` gives the SQS sender for retried jobs (None: the next fan-out sends them);
+    a retried job gets `fresh_attempts` more attempts (MAX_ATTEMPTS)."""
     app = APIGatewayRestResolver(enable_validation=True)
     app.configure_openapi(
         title="promptrun status API",
@@ -248,7 +250,7 @@ def build_app(
 
     from promptrun.api import operator_routes  # it uses this module's error shapes
 
-    operator_routes.register(app, engine_factory, sender, _ERRORS_404)
+    operator_routes.register(app, engine_factory, sender, _ERRORS_404, fresh_attempts)
     models_routes.register(app, engine_factory, _ERRORS_404)
     visibility_routes.register(app, engine_factory, _ERRORS)
     dashboard_routes.register(app, engine_factory, _ERRORS)
@@ -291,4 +293,4 @@ def app_from_settings(settings: Settings) -> APIGatewayRestResolver:
 
         return JobQueue(settings.jobs_queue_url).send_jobs
 
-    return build_app(engine, token, sender)
+    return build_app(engine, token, sender, settings.max_attempts)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from promptrun.errors import ConfigError
+
 LOOPBACK = "127.0.0.1"
 # Comma-separated extra addresses to listen on, e.g. the container bridge's (10.88.0.1).
 LISTEN_EXTRA_ENV = "PROMPTRUN_LISTEN_EXTRA"
@@ -89,9 +91,9 @@ def choose(
         ports = saved(local)
         explicit = os.environ.get(env_var or "") if env_var else None
         if explicit:
-            port = int(explicit)
+            port = port_number(f"{env_var}", explicit)
             if in_use(port) and not ours(port):
-                raise RuntimeError(
+                raise ConfigError(
                     f"{env_var}={port} is taken by a server that is not this checkout's {name}; "
                     "choose another port"
                 )
@@ -102,6 +104,17 @@ def choose(
         if ports.get(name) != port:
             _write(path, {**ports, name: port})
         return port
+
+
+def port_number(option: str, value: object) -> int:
+    """A port given by a person (an option or a variable): 1-65535, or an error naming it."""
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{option}: a port number 1-65535; got {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{option}: a port number 1-65535; got {port}")
+    return port
 
 
 def remember(local: Path, name: str, port: int) -> None:

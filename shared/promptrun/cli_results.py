@@ -74,16 +74,6 @@ def _batch_key(value: str) -> str:
     return value
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"--port: expected 1-65535, got {value!r}")
-    return port
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
@@ -155,8 +145,10 @@ def dashboard_url(port: int | None = None) -> str:
 
 def cmd_api(args: argparse.Namespace) -> int:
     from promptrun.local.api_server import LocalApi, status_app_resolver
+    from promptrun.local.ports import port_number
 
-    port = args.port or api_port()
+    own = args.port is None  # the checkout's own port
+    port = api_port() if own else port_number("--port", args.port)
     pid = running_api(port)
     if pid is not None:
         raise InputError(
@@ -165,7 +157,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         )
     server = LocalApi(status_app_resolver(), host="127.0.0.1", port=port)
     pid_file = _local() / "api.pid"
-    if not args.port:  # the checkout's own port: say who serves it
+    if own:  # say who serves the checkout's own port
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{os.getpid()} {port}\n")
     print(f"status API on {server.url} (dashboard: {server.url}/dashboard); Ctrl-C stops it")
@@ -235,7 +227,6 @@ def register(sub: Any) -> None:
     api = sub.add_parser("api", help="serve the status API and the dashboard on 127.0.0.1")
     api.add_argument(
         "--port",
-        type=_port,
         help="port on 127.0.0.1 (default: this checkout's, chosen once and kept in .local)",
     )
     api.set_defaults(func=cmd_api)

@@ -132,12 +132,17 @@ class JobQueue:
         failed.update({k: v for k, v in errors.items() if k not in sent})
         return sent, failed
 
-    def send_later(self, job_id: str, delay_seconds: int, turn: float | None = None) -> None:
+    def send_later(
+        self, job_id: str, delay_seconds: int, turn: float | None = None, slot_waits: int = 0
+    ) -> None:
         """A fresh message for one job, visible after `delay_seconds` (at most 900), with the
-        job's turn behind a rate limit as a hint. Raises when SQS did not take it."""
+        job's turn behind a rate limit and its count of waits for a slot as hints. Raises when
+        SQS did not take it."""
         body: dict[str, object] = {"job_id": job_id}
         if turn is not None:
             body["turn"] = round(turn, 3)
+        if slot_waits:
+            body["slot_waits"] = slot_waits
         self.sqs.send_message(
             QueueUrl=self.queue_url,
             MessageBody=json.dumps(body),

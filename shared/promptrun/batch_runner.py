@@ -35,10 +35,11 @@ from promptrun.providers.errors import redact
 from promptrun.settings import Settings
 from promptrun.waiting import (
     REFRESH_RECEIVE_COUNT,
+    Hint,
     RetryLater,
     demand_for,
+    held,
     message_delay,
-    spread,
     wait_inline,
 )
 
@@ -116,7 +117,7 @@ class BatchRunner:
     ) -> BatchResult:
         result = BatchResult()
         # The first record of each job id speaks for it; its copies in the batch are duplicates.
-        pending: dict[uuid.UUID, tuple[Record, float | None]] = {}
+        pending: dict[uuid.UUID, tuple[Record, Hint]] = {}
         for record in records:
             try:
                 message: JobMessage = parse_message(record.body)
@@ -130,7 +131,7 @@ class BatchRunner:
             if message.job_id in pending:
                 result.outcomes[record.message_id] = Outcome.SKIPPED
                 continue
-            pending[message.job_id] = (record, message.turn)
+            pending[message.job_id] = (record, message.hint)
         self._refresh([(j, r) for j, (r, _) in pending.items() if self._refreshable(r)])
         self._rounds(pending, remaining_ms, result)
         counts = Counter(result.outcomes.values())
@@ -140,7 +141,7 @@ class BatchRunner:
 
     def _rounds(
         self,
-        pending: dict[uuid.UUID, tuple[Record, float | None]],
+        pending: dict[uuid.UUID, tuple[Record, Hint]],
         remaining_ms: Callable[[], int] | None,
         result: BatchResult,
     ) -> None:
@@ -159,13 +160,13 @@ class BatchRunner:
             if not inline:
                 break
             time.sleep(min(w.delay for w in inline.values()))
-            pending = {j: (pending[j][0], w.turn) for j, w in inline.items()}
+            pending = {j: (pending[j][0], w.hint) for j, w in inline.items()}
 
     # --- one round: claim, run, finish ---------------------------------------------------
 
     def _round(
         self,
-        pending: dict[uuid.UUID, tuple[Record, float | None]],
+        pending: dict[uuid.UUID, tuple[Record, Hint]],
         remaining_ms: Callable[[], int] | None,
         result: BatchResult,
     ) -> dict[uuid.UUID, RetryLater]:
@@ -224,7 +225,7 @@ class BatchRunner:
         def meanwhile() -> None:
             time.sleep(min(w.delay for w in soon.values()))
             self._rounds(
-                {j: (pending[j][0], w.turn) for j, w in soon.items()}, remaining_ms, result
+                {j: (pending[j][0], w.hint) for j, w in soon.items()}, remaining_ms, result
             )
 
         ran = self._attempts(attempts, remaining_ms, meanwhile if soon else None)
@@ -265,7 +266,7 @@ class BatchRunner:
         self,
         conn: Connection,
         runnable: list[Locked],
-        pending: dict[uuid.UUID, tuple[Record, float | None]],
+        pending: dict[uuid.UUID, tuple[Record, Hint]],
         waits: dict[uuid.UUID, RetryLater],
         flows: dict[str, dict[str, Any]],
     ) -> tuple[list[_Attempt], limits.Taken | None]:
@@ -280,7 +281,8 @@ class BatchRunner:
             if not job.model_enabled:  # claimed, then skipped without a call (JobRunner's way)
                 admitted.append(_Attempt(job, None))
                 continue
-            groups.setdefault((job.model_slug, job.batch_key, pending[job.id][1]), []).append(job)
+            turn = pending[job.id][1].turn
+            groups.setdefault((job.model_slug, job.batch_key, turn), []).append(job)
         ordered = sorted(groups.items(), key=lambda g: g[0][:2])
         # One demand per group, the largest: what is reserved is what is released.
         demands = [
@@ -296,19 +298,12 @@ class BatchRunner:
         for (_, group), demand, admission in zip(ordered, demands, admissions, strict=True):
             lease = limits.Lease.of(admission, demand)
             admitted.extend(_Attempt(job, lease) for job in group[: admission.granted])
-            held = group[admission.granted :]
-            if not held:
+            rest = group[admission.granted :]
+            if not rest:
                 continue
-            reason = admission.reason or "limits"
-            limits.note_wait(conn, [j.id for j in held], reason)
-            # A turn is exact; other waits are spread so they do not return together.
-            for job in held:
-                delay = (
-                    admission.wait_seconds
-                    if admission.turn is not None
-                    else spread(admission.wait_seconds)
-                )
-                waits[job.id] = RetryLater(delay, reason, turn=admission.turn)
+            limits.note_wait(conn, [j.id for j in rest], admission.reason or "limits")
+            for job in rest:
+                waits[job.id] = held(admission, pending[job.id][1])
         return admitted, taken
 
     def _attempts(
@@ -480,7 +475,9 @@ class BatchRunner:
             return
         try:
             assert self.queue is not None
-            self.queue.send_later(str(job_id), message_delay(later.delay), later.turn)
+            self.queue.send_later(
+                str(job_id), message_delay(later.delay), later.turn, later.slot_waits
+            )
             metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
         except Exception as exc:  # the record comes back after its visibility timeout
             logger.warning("could not send the job back", extra={"error": type(exc).__name__})

@@ -53,8 +53,9 @@ RECHECK_SECONDS = 900.0
 TARGET_SHARE = 0.95
 # A turn this close is due (clocks and message delays are not exact).
 TURN_TOLERANCE = 0.05
-# Wait for a free concurrency slot: a model call's typical length, spread by the caller.
+# Wait for a free concurrency slot: a model call's typical length, backed off by the caller.
 SLOT_WAIT_SECONDS = 2.0
+SLOT_REASON = "max_concurrency:"  # how a refusal for want of a slot starts its reason
 DEFAULT_MAX_TOKENS = 1024
 CHARS_PER_TOKEN = 4
 
@@ -376,7 +377,7 @@ def _decide(
         r["recounted_at"] = recounted_at
         if free < granted:
             granted, wait = max(free, 0), SLOT_WAIT_SECONDS
-            reason = f"max_concurrency: {r['key']} has {r['max_concurrency']} calls in flight"
+            reason = f"{SLOT_REASON} {r['key']} has {r['max_concurrency']} calls in flight"
         if turn is not None and now < turn - TURN_TOLERANCE:
             granted, wait, reason = 0, turn - now, f"rate: {r['key']}: waiting for its turn"
         elif turn is None and _rated(r) and r["queue_tat"] > now + TURN_TOLERANCE:

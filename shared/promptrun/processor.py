@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
 
 from promptrun import jobs, limits
@@ -30,11 +30,13 @@ from promptrun.providers import ErrorKind, ProviderError, get_provider
 from promptrun.providers.errors import redact
 from promptrun.settings import Settings
 from promptrun.waiting import (
+    NO_HINT,
     REFRESH_RECEIVE_COUNT,
+    Hint,
     RetryLater,
     demand_for,
+    held,
     message_delay,
-    spread,
     wait_inline,
 )
 
@@ -46,6 +48,12 @@ class JobMessage(BaseModel):
     job_id: uuid.UUID
     # A hint, not trusted for correctness: the job's turn behind a rate (limits.admit).
     turn: float | None = None
+    # How often the job was refused a concurrency slot so far (waiting.slot_delay backs off).
+    slot_waits: int = Field(default=0, ge=0, strict=True)
+
+    @property
+    def hint(self) -> Hint:
+        return Hint(self.turn, self.slot_waits)
 
 
 class Outcome(StrEnum):
@@ -98,16 +106,16 @@ class JobRunner:
         resend = self.queue is not None and receipt_handle is not None
         if resend and receive_count >= REFRESH_RECEIVE_COUNT:
             self._refresh(message.job_id)
-        turn = message.turn
+        hint = message.hint
         try:
             while True:
                 try:
-                    outcome = self._run(message.job_id, remaining_ms, turn)
+                    outcome = self._run(message.job_id, remaining_ms, hint)
                     break
                 except RetryLater as later:
                     if not wait_inline(later, remaining_ms):
                         raise
-                    turn = later.turn
+                    hint = later.hint
                     time.sleep(later.delay)
         except RetryLater as later:
             metrics.add_metric(
@@ -119,7 +127,9 @@ class JobRunner:
                 raise
             try:
                 assert self.queue is not None
-                self.queue.send_later(str(message.job_id), message_delay(later.delay), later.turn)
+                self.queue.send_later(
+                    str(message.job_id), message_delay(later.delay), later.turn, later.slot_waits
+                )
                 metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
             except Exception as exc:  # the record comes back after its visibility timeout
                 logger.warning("could not send the job back", extra={"error": type(exc).__name__})
@@ -142,7 +152,7 @@ class JobRunner:
             logger.warning("could not refresh the message", extra={"error": type(exc).__name__})
 
     def _claim(
-        self, job_id: uuid.UUID, turn: float | None = None
+        self, job_id: uuid.UUID, hint: Hint = NO_HINT
     ) -> tuple[ClaimedJob | None, limits.Lease | None, Outcome]:
         """Claim and admit in one transaction: a job its limits hold back is left as it was
         (no attempt used), with the reason written on it; RetryLater says when to come back."""
@@ -175,21 +185,14 @@ class JobRunner:
             elif job.model_enabled:
                 demand = demand_for(job)
                 admission = limits.admit(
-                    conn, job.model_slug, job.batch_key, 1, demand, claimed=True, turn=turn
+                    conn, job.model_slug, job.batch_key, 1, demand, claimed=True, turn=hint.turn
                 )
                 if admission.granted:
                     lease = limits.Lease.of(admission, demand)
                 else:
                     attempt.rollback()
-                    reason = admission.reason or "limits"
-                    limits.note_wait(conn, [job_id], reason)
-                    # A turn is exact; other waits are spread so they do not return together.
-                    delay = (
-                        admission.wait_seconds
-                        if admission.turn is not None
-                        else spread(admission.wait_seconds)
-                    )
-                    job, wait = None, RetryLater(delay, reason, turn=admission.turn)
+                    job, wait = None, held(admission, hint)
+                    limits.note_wait(conn, [job_id], wait.reason)
         if wait is not None:
             raise wait
         return job, lease, unclaimed
@@ -198,9 +201,9 @@ class JobRunner:
         self,
         job_id: uuid.UUID,
         remaining_ms: Callable[[], int] | None,
-        turn: float | None = None,
+        hint: Hint = NO_HINT,
     ) -> Outcome:
-        job, lease, unclaimed = self._claim(job_id, turn)
+        job, lease, unclaimed = self._claim(job_id, hint)
         if job is None:
             return unclaimed
         log = job.log_fields

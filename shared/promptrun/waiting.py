@@ -6,6 +6,11 @@ towards the dead-letter queue: the processor sends a fresh message for the job, 
 when it can start (at most SQS's 900 s; a longer wait is delayed again on arrival), and
 acknowledges the record it holds. A crash between the send and the acknowledgement leaves
 at most a duplicate message, which the claim absorbs.
+
+A wait for a free concurrency slot has no computed time (unlike a rate's turn): each
+successive one of a job waits about twice as long (exponential backoff with equal jitter,
+from 1-2 s up to SQS's 900 s), the count travelling in the job's message, so an hour of
+waiting costs about a dozen messages rather than one every few seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from promptrun import limits
 from promptrun.aws import MAX_DELAY_SECONDS
@@ -35,6 +41,7 @@ class RetryLater(Exception):
         retry: bool = False,
         optional: bool = False,
         turn: float | None = None,
+        slot_waits: int = 0,
     ) -> None:
         super().__init__(f"retry in {delay:.1f}s: {reason}")
         self.delay = delay
@@ -43,6 +50,50 @@ class RetryLater(Exception):
         # Only worth a new message (a live worker's job, in case it dies): never a failed record.
         self.optional = optional
         self.turn = turn  # the job's place behind a rate (limits.Admission.turn)
+        self.slot_waits = slot_waits  # the job's slot waits so far, this one included
+
+    @property
+    def hint(self) -> Hint:
+        """What the job's next message (or next round) carries."""
+        return Hint(self.turn, self.slot_waits)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What a job's message carries besides its id: hints for waiting, trusted for nothing."""
+
+    turn: float | None = None
+    slot_waits: int = 0
+
+
+NO_HINT = Hint()
+
+# Backoff of the waits for a free slot: the n-th (from 0) waits between half and all of
+# min(SLOT_WAIT_CAP, limits.SLOT_WAIT_SECONDS * 2**n); only the first SLOT_WAITS_INLINE are
+# slept through.
+SLOT_WAIT_CAP = float(MAX_DELAY_SECONDS)
+SLOT_WAITS_INLINE = 2
+
+
+def slot_delay(waited: int) -> float:
+    """Seconds until a job refused a slot `waited` times before looks again: the jitter (equal
+    jitter: never below half) spreads jobs refused together without bringing any back at once."""
+    ceiling = min(SLOT_WAIT_CAP, limits.SLOT_WAIT_SECONDS * 2.0 ** min(waited, 32))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def held(admission: limits.Admission, hint: Hint) -> RetryLater:
+    """How a job its limits hold back comes back. A turn is exact; a wait for a slot backs
+    off (slot_delay); other waits (paused, budget) are spread so they do not return together.
+    The slot-wait count is kept through other waits, so a long backlog keeps backing off."""
+    reason = admission.reason or "limits"
+    if admission.turn is not None:
+        return RetryLater(
+            admission.wait_seconds, reason, turn=admission.turn, slot_waits=hint.slot_waits
+        )
+    if reason.startswith(limits.SLOT_REASON):
+        return RetryLater(slot_delay(hint.slot_waits), reason, slot_waits=hint.slot_waits + 1)
+    return RetryLater(spread(admission.wait_seconds), reason, slot_waits=hint.slot_waits)
 
 
 # Waits this short are waited out in the invocation (billed, but no message, no receive, and
@@ -55,6 +106,8 @@ def wait_inline(later: RetryLater, remaining_ms: Callable[[], int] | None) -> bo
     """Whether to sleep through this wait here rather than send the job back."""
     if remaining_ms is None or later.optional or later.delay > INLINE_WAIT_MAX:
         return False
+    if later.reason.startswith(limits.SLOT_REASON) and later.slot_waits > SLOT_WAITS_INLINE:
+        return False  # a long wait for a slot: sleeping through it would bill for nothing
     return remaining_ms() / 1000 - later.delay >= INLINE_TIME_LEFT
 
 

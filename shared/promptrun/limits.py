@@ -505,23 +505,6 @@ def _add_spend(conn: Connection, periods: Sequence[tuple[str, str]], amount: Dec
 
 # --- after the call ----------------------------------------------------------------------------
 
-_RELEASE = text(
-    """
-    UPDATE flow_limits AS f SET
-        in_flight = GREATEST(f.in_flight - :calls, 0),
-        token_tat = CASE WHEN f.tpm IS NULL THEN f.token_tat
-                         ELSE f.token_tat + CAST(:token_delta AS float8) * 60.0
-                              / (f.tpm * CAST(:share AS float8) * f.rate_factor) END,
-        rate_factor = CASE WHEN CAST(:succeeded AS boolean)
-                           THEN LEAST(1.0, f.rate_factor
-                                + 1.0 / GREATEST(CAST(:min_steps AS float8),
-                                                 COALESCE(f.rpm, 40) / CAST(:divisor AS float8)))
-                           ELSE f.rate_factor END,
-        updated_at = now()
-    WHERE f.key IN (
-        SELECT key FROM flow_limits WHERE key = ANY(CAST(:keys AS text[])) ORDER BY key FOR UPDATE)
-    """
-)
 _THROTTLE = text(
     """
     UPDATE flow_limits AS f SET
@@ -579,37 +562,10 @@ def release(
     """The call is over: free its slot, reconcile tokens and spend with what was reported,
     and adapt the rate (a 429: `throttled_for` seconds of Retry-After, and a decrease;
     `quota_wait`: the provider's headers said its quota is used up for that long)."""
-    if lease is None or not lease.keys:
-        return
-    conn.execute(
-        _RELEASE,
-        {
-            "keys": list(lease.keys),
-            "calls": 1,
-            "token_delta": float(tokens_used - lease.demand.tokens) if tokens_used else 0.0,
-            "succeeded": succeeded,
-            "share": TARGET_SHARE,
-            "min_steps": INCREASE_MIN_STEPS,
-            "divisor": INCREASE_DIVISOR,
-        },
-    )
-    if quota_wait and throttled_for is None:
-        conn.execute(_HOLD, {"keys": list(lease.keys), "wait": float(quota_wait)})
-    if throttled_for is not None:
-        conn.execute(
-            _THROTTLE,
-            {
-                "keys": list(lease.keys),
-                "cooldown": DECREASE_COOLDOWN,
-                "min_factor": MIN_RATE_FACTOR,
-                "decrease": DECREASE_FACTOR,
-                "wait": float(throttled_for),
-                "burst": BURST_SECONDS,
-            },
+    if lease is not None:
+        release_many(
+            conn, [Ended(lease, tokens_used, cost_usd, succeeded, throttled_for, quota_wait)]
         )
-    delta = cost_usd - lease.demand.cost_usd
-    if lease.budget_periods and delta != 0:
-        _add_spend(conn, lease.budget_periods, delta)
 
 
 _RELEASE_MANY = text(

@@ -55,7 +55,6 @@ _LOCK = text(
         {limits.LOCK_FLOWS_SQL}
     )
     SELECT l.id, l.tid, l.status, l.wait, l.lease_left, l.claimable,
-           l.attempt_count >= l.max_attempts AS exhausted,
            l.attempt_count + 1 AS attempt_count, l.max_attempts, l.run_index, l.batch_key,
            (SELECT rows FROM flows) AS flows,
            {CONTEXT_COLUMNS.format(r="l")}
@@ -100,7 +99,6 @@ class Locked:
     seconds_until_due: float
     seconds_until_lease_ends: float
     claimable: bool
-    exhausted: bool  # every attempt used
     version_missing: str | None  # the prompt version the job records, when it is not stored
     # The job as claiming it would make it (attempt counted); None when its version is missing.
     job: ClaimedJob | None
@@ -131,7 +129,6 @@ def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
             seconds_until_due=float(row["wait"] or 0),
             seconds_until_lease_ends=float(row["lease_left"] or 0),
             claimable=row["claimable"],
-            exhausted=row["exhausted"],
             version_missing=str(row["prompt_version"]) if missing else None,
             job=None if missing else claimed_from_row(row),
         )

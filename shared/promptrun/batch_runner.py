@@ -29,9 +29,15 @@ from promptrun.errors import InputError
 from promptrun.jobs import ClaimedJob
 from promptrun.model_call import Answer, ModelCaller, ProviderFactory, StaleAttempt
 from promptrun.observability import logger, metrics
-from promptrun.processor import JobMessage, JobRunner, Outcome, parse_message
+from promptrun.processor import (
+    JobMessage,
+    JobRunner,
+    Outcome,
+    parse_message,
+    send_back,
+    unclaimable,
+)
 from promptrun.providers import ErrorKind, ProviderError, get_provider, offline
-from promptrun.providers.errors import redact
 from promptrun.settings import Settings
 from promptrun.waiting import (
     REFRESH_RECEIVE_COUNT,
@@ -184,7 +190,7 @@ class BatchRunner:
                     logger.warning("no such job; message dropped", extra={"job_id": str(job_id)})
                     unrun[job_id] = Outcome.SKIPPED
                 elif not locked.claimable:
-                    outcome, wait = self._unclaimable(conn, locked)
+                    outcome, wait = unclaimable(conn, job_id, locked)
                     if wait is not None:
                         waits[job_id] = wait
                     else:
@@ -239,28 +245,6 @@ class BatchRunner:
                 logger.error("record failed", extra={"job_id": str(attempt.job.id)})
                 result.failed.append(record.message_id)
         return waits
-
-    def _unclaimable(self, conn: Connection, locked: Locked) -> tuple[Outcome, RetryLater | None]:
-        job_id = str(locked.id)
-        if locked.status == "queued" and locked.seconds_until_due > 0:
-            # An early copy of a retried or waiting job: kept until the job is due.
-            return Outcome.WAITING, RetryLater(locked.seconds_until_due, "not due yet")
-        if locked.status == "processing" and locked.seconds_until_lease_ends > 0:
-            # A live worker holds it: come back when its lease ends, in case it died.
-            return Outcome.SKIPPED, RetryLater(
-                locked.seconds_until_lease_ends + 1, "held by a live worker", optional=True
-            )
-        if (
-            locked.status == "processing"
-            and locked.exhausted
-            and jobs.fail_exhausted(conn, locked.id)
-        ):
-            logger.warning("last attempt's worker died", extra={"job_id": job_id})
-            return Outcome.FAILED, None
-        logger.info(
-            "job not claimable; acknowledged", extra={"job_id": job_id, "status": locked.status}
-        )
-        return Outcome.SKIPPED, None
 
     def _admit(
         self,
@@ -426,16 +410,9 @@ class BatchRunner:
         err = attempt.error
         if isinstance(err, ProviderError):
             return self.single.on_error(job, err, log, attempt.spent, attempt.lease)
-        # A bug or an unexpected library error: retried, then failed.
+        assert err is not None
         logger.error("unexpected error", extra={**log, "error": type(err).__name__})
-        return self.single.on_error(
-            job,
-            ProviderError(ErrorKind.INTERNAL, redact(f"{type(err).__name__}: {err}")),
-            log,
-            attempt.spent,
-            attempt.lease,
-            retryable=True,
-        )
+        return self.single.on_unexpected(job, err, log, attempt.spent, attempt.lease)
 
     # --- coming back ------------------------------------------------------------------------
 
@@ -464,23 +441,8 @@ class BatchRunner:
     ) -> None:
         """A fresh, delayed message for the job and the record acknowledged; without a queue
         to send to, the record itself fails and comes back (unless coming back is optional)."""
-        metrics.add_metric(
-            name="JobsRetried" if later.retry else "JobsWaited", unit=MetricUnit.Count, value=1
-        )
-        if not self._resend(record):
-            if later.optional:
-                result.outcomes[record.message_id] = Outcome.SKIPPED
-            else:
-                result.failed.append(record.message_id)
-            return
-        try:
-            assert self.queue is not None
-            self.queue.send_later(
-                str(job_id), message_delay(later.delay), later.turn, later.slot_waits
-            )
-            metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
-        except Exception as exc:  # the record comes back after its visibility timeout
-            logger.warning("could not send the job back", extra={"error": type(exc).__name__})
+        came_back = send_back(self.queue, job_id, later, self._resend(record))
+        if came_back is None:
             result.failed.append(record.message_id)
-            return
-        result.outcomes[record.message_id] = Outcome.RETRYING if later.retry else Outcome.WAITING
+        else:
+            result.outcomes[record.message_id] = came_back

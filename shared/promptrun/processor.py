@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from promptrun import jobs, limits
 from promptrun.aws import JobQueue
@@ -80,6 +80,59 @@ def parse_message(body: str) -> JobMessage:
         raise InputError(f"SQS body: {field_name}: {err['msg']}") from None
 
 
+class JobRow(Protocol):
+    """What deciding about an unclaimable job reads (jobs.JobState, batch_jobs.Locked)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def seconds_until_due(self) -> float: ...
+    @property
+    def seconds_until_lease_ends(self) -> float: ...
+
+
+def unclaimable(
+    conn: Connection, job_id: uuid.UUID, row: JobRow
+) -> tuple[Outcome, RetryLater | None]:
+    """A job that could not be claimed: acknowledged with an outcome, or to come back (the
+    RetryLater says when). The same decision on the per-job and the batch path."""
+    if row.status == "queued" and row.seconds_until_due > 0:
+        # An early copy of a retried or waiting job: kept until the job is due.
+        return Outcome.WAITING, RetryLater(row.seconds_until_due, "not due yet")
+    if row.status == "processing" and row.seconds_until_lease_ends > 0:
+        # A live worker holds it: come back when its lease ends, in case it died.
+        return Outcome.SKIPPED, RetryLater(
+            row.seconds_until_lease_ends + 1, "held by a live worker", optional=True
+        )
+    if row.status == "processing" and jobs.fail_exhausted(conn, job_id):
+        logger.warning("last attempt's worker died", extra={"job_id": str(job_id)})
+        return Outcome.FAILED, None
+    logger.info(
+        "job not claimable; acknowledged", extra={"job_id": str(job_id), "status": row.status}
+    )
+    return Outcome.SKIPPED, None
+
+
+def send_back(
+    queue: JobQueue | None, job_id: uuid.UUID, later: RetryLater, resend: bool
+) -> Outcome | None:
+    """A job that must come back: a fresh, delayed message, and the outcome of the record
+    (acknowledged). None: the record itself must fail and come back (no queue or receipt
+    handle to send with, or SQS refused), unless coming back was optional."""
+    metrics.add_metric(
+        name="JobsRetried" if later.retry else "JobsWaited", unit=MetricUnit.Count, value=1
+    )
+    if not resend or queue is None:
+        return Outcome.SKIPPED if later.optional else None
+    try:
+        queue.send_later(str(job_id), message_delay(later.delay), later.turn, later.slot_waits)
+        metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
+    except Exception as exc:  # the record comes back after its visibility timeout
+        logger.warning("could not send the job back", extra={"error": type(exc).__name__})
+        return None
+    return Outcome.RETRYING if later.retry else Outcome.WAITING
+
+
 @dataclass
 class JobRunner:
     engine: Engine
@@ -118,23 +171,10 @@ class JobRunner:
                     hint = later.hint
                     time.sleep(later.delay)
         except RetryLater as later:
-            metrics.add_metric(
-                name="JobsRetried" if later.retry else "JobsWaited", unit=MetricUnit.Count, value=1
-            )
-            if not resend:
-                if later.optional:
-                    return Outcome.SKIPPED
-                raise
-            try:
-                assert self.queue is not None
-                self.queue.send_later(
-                    str(message.job_id), message_delay(later.delay), later.turn, later.slot_waits
-                )
-                metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
-            except Exception as exc:  # the record comes back after its visibility timeout
-                logger.warning("could not send the job back", extra={"error": type(exc).__name__})
+            came_back = send_back(self.queue, message.job_id, later, resend)
+            if came_back is None:
                 raise later from None
-            outcome = Outcome.RETRYING if later.retry else Outcome.WAITING
+            outcome = came_back
         except Exception:  # the record fails and comes back: say why
             logger.exception("record failed", extra={"job_id": str(message.job_id)})
             raise
@@ -166,22 +206,8 @@ class JobRunner:
                 state = jobs.job_state(conn, job_id)
                 if state is None:
                     logger.warning("no such job; message dropped", extra={"job_id": str(job_id)})
-                elif state.status == "queued" and state.seconds_until_due > 0:
-                    # An early copy of a retried or waiting job: kept until the job is due.
-                    wait = RetryLater(state.seconds_until_due, "not due yet")
-                elif state.status == "processing" and state.seconds_until_lease_ends > 0:
-                    # A live worker holds it: come back when its lease ends, in case it died.
-                    wait = RetryLater(
-                        state.seconds_until_lease_ends + 1, "held by a live worker", optional=True
-                    )
-                elif state.status == "processing" and jobs.fail_exhausted(conn, job_id):
-                    logger.warning("last attempt's worker died", extra={"job_id": str(job_id)})
-                    unclaimed = Outcome.FAILED
                 else:
-                    logger.info(
-                        "job not claimable; acknowledged",
-                        extra={"job_id": str(job_id), "status": state.status},
-                    )
+                    unclaimed, wait = unclaimable(conn, job_id, state)
             elif job.model_enabled:
                 demand = demand_for(job)
                 admission = limits.admit(
@@ -225,14 +251,7 @@ class JobRunner:
             return self.on_error(job, err, log, spent, lease)
         except Exception as exc:  # a bug or an unexpected library error: retried, then failed
             logger.exception("unexpected error", extra=log)
-            return self.on_error(
-                job,
-                ProviderError(ErrorKind.INTERNAL, redact(f"{type(exc).__name__}: {exc}")),
-                log,
-                spent,
-                lease,
-                retryable=True,
-            )
+            return self.on_unexpected(job, exc, log, spent, lease)
         logger.info("job succeeded", extra={**log, "entities": entities, "latency_ms": latency_ms})
         return Outcome.SUCCEEDED
 
@@ -243,6 +262,18 @@ class JobRunner:
         with self.engine.begin() as conn:
             jobs.fail_job(conn, job, error_kind=kind, error_message=message, status=status)
         return Outcome.SKIPPED if status == JobStatus.SKIPPED else Outcome.FAILED
+
+    def on_unexpected(
+        self,
+        job: ClaimedJob,
+        exc: Exception,
+        log: dict[str, Any],
+        spent: jobs.Usage,
+        lease: limits.Lease | None,
+    ) -> Outcome:
+        """A bug or an unexpected library error (already logged): retried, then failed."""
+        err = ProviderError(ErrorKind.INTERNAL, redact(f"{type(exc).__name__}: {exc}"))
+        return self.on_error(job, err, log, spent, lease, retryable=True)
 
     def on_error(
         self,

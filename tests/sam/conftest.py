@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 import requests
+import yaml
 
 from tests.support import stack
 
@@ -375,11 +376,41 @@ class LocalApi:
                 raise RuntimeError(f"sam did not listen within {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.5)
 
+    def warm_every_function(self, timeout: float) -> None:
+        """One request (without a token: answered 401 or a public page) to the first route
+        of each function behind the API. A function's first request waits while SAM builds its
+        image (40 s and more after the layer changed); made here, none of the tests' requests
+        (with their own timeouts, schemathesis' 30 s) is the one that waits."""
+        for method, path in first_api_routes():
+            url = self.base_url + re.sub(r"\{[^}]+\}", "warm-up", path)
+            try:
+                requests.request(method.upper(), url, timeout=(2, timeout))
+            except requests.RequestException as exc:
+                raise RuntimeError(
+                    f"{method} {path} did not answer: {exc}\n{self.log_tail()}"
+                ) from exc
+
     def stop(self, engine: ContainerEngine) -> None:
         stop_process_group(self.process)
         # SAM removes its warm containers when stopped, except one it was still starting.
         for container_id in re.findall(r"SAM_CONTAINER_ID: ([0-9a-f]+)", self.log.read_text()):
             engine_request(engine.docker_host, f"/containers/{container_id}?force=true", "DELETE")
+
+
+def first_api_routes() -> list[tuple[str, str]]:
+    """(method, path) of each function's first API event in template.yaml."""
+    from tests.unit.test_template import CfnLoader
+
+    template = yaml.load((REPO / "template.yaml").read_text(), Loader=CfnLoader)
+    routes = []
+    for resource in template["Resources"].values():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        events = resource["Properties"].get("Events") or {}
+        api = [e["Properties"] for e in events.values() if e["Type"] == "Api"]
+        if api:
+            routes.append((api[0]["Method"], api[0]["Path"]))
+    return routes
 
 
 def stop_process_group(proc: subprocess.Popen[bytes]) -> None:

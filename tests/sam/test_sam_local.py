@@ -259,6 +259,7 @@ def _start_api_first(api_server: LocalApi) -> None:
 @pytest.fixture(scope="module")
 def api(api_server: LocalApi) -> LocalApi:
     api_server.wait_until_listening(timeout=300)
+    api_server.warm_every_function(timeout=300)
     return api_server
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from promptrun import aws
 from promptrun.catalog import load_catalog, sync_catalog
 from promptrun.db.engine import engine_for_url
+from promptrun.db.pool import Pool, pool_for_url
 from promptrun.settings import Settings
 from tests.support import stack
 
@@ -51,6 +52,14 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng = engine_for_url(db_url, pool_size=20, max_overflow=10)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def pool(db_url: str) -> Iterator[Pool]:
+    """The processor's kind of database: its own pool of pg8000 connections."""
+    made = pool_for_url(db_url, size=20)
+    yield made
+    made.dispose()
 
 
 @pytest.fixture(scope="session")

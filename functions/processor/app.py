@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from promptrun import batch_completion
 from promptrun.aws import SQS_BATCH, JobQueue
 from promptrun.batch_runner import BatchRunner, Record
-from promptrun.db.engine import get_engine
+from promptrun.db.pool import get_pool
 from promptrun.observability import logger, metrics, tracer
 from promptrun.settings import get_settings
 
@@ -20,11 +20,19 @@ threads = ThreadPoolExecutor(max_workers=SQS_BATCH - 1, thread_name_prefix="call
 queue = JobQueue(settings.jobs_queue_url or "")
 
 
+def completion_engine() -> Any:
+    """SQLAlchemy, for the visibility comparison of a batch this invocation finished: imported
+    then, not in every cold start."""
+    from promptrun.db.engine import get_engine
+
+    return get_engine(settings, pool_size=1)
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@batch_completion.after_invocation(lambda: get_engine(settings))
+@batch_completion.after_invocation(lambda: get_pool(settings), completion_engine)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    runner = BatchRunner(get_engine(settings), settings, queue, threads=threads)
+    runner = BatchRunner(get_pool(settings), settings, queue, threads=threads)
     records = [Record.of(r) for r in event.get("Records") or []]
     return runner.run(records, context.get_remaining_time_in_millis).response()

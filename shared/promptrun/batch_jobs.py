@@ -21,10 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
-
 from promptrun import limits
 from promptrun.db import pg8000_fast
+from promptrun.db.pool import Connection as PoolConnection
+from promptrun.db.pool import Pool
+from promptrun.db.sql import Conn, Database, text
 from promptrun.jobs import (
     CLAIM_SET,
     CLAIMABLE,
@@ -34,7 +35,7 @@ from promptrun.jobs import (
     Usage,
     claimed_from_row,
 )
-from promptrun.model_call import Answer
+from promptrun.model_call import INSERT_MENTIONS_SQL, INSERT_RESPONSES_SQL, Answer
 
 _LOCK = text(
     f"""
@@ -76,10 +77,15 @@ _CLAIM = text(_CLAIM_SQL)
 _TAKE_AND_CLAIM = text(f"WITH take AS ({limits.TAKE_SQL}) {_CLAIM_SQL}")
 
 
-def _ends_transaction(conn: Connection, last: bool) -> None:
+def _ends_transaction(conn: Conn, last: bool) -> None:
     """The next statement is the transaction's last: its COMMIT rides with it (pg8000_fast)."""
-    dbapi = conn.connection.dbapi_connection
-    if last and isinstance(dbapi, pg8000_fast.Connection):
+    if not last:
+        return
+    if isinstance(conn, PoolConnection):
+        conn.commit_with_next()
+        return
+    dbapi = conn.connection.dbapi_connection  # type: ignore[attr-defined]  # SQLAlchemy's
+    if isinstance(dbapi, pg8000_fast.Connection):
         dbapi.commit_with_next()
 
 
@@ -113,7 +119,7 @@ class LockedBatch:
     flows: dict[str, dict[str, Any]]
 
 
-def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
+def lock_batch(conn: Conn, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
     """The jobs among `job_ids` that exist, locked; ids not returned have no job. With them,
     locked in the same statement, the limits rows of the models of the claimable ones."""
     found: dict[uuid.UUID, Locked] = {}
@@ -136,7 +142,7 @@ def lock_batch(conn: Connection, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
 
 
 def claim_batch(
-    conn: Connection,
+    conn: Conn,
     jobs: Sequence[Locked],
     lease_seconds: int,
     taken: limits.Taken | None = None,
@@ -164,7 +170,7 @@ def claim_batch(
 
 # The rows travel as three JSON documents (one json.dumps each): pg8000 would escape every
 # element of a text array in Python, about 1 ms per job.
-_COMPLETE_CTES = """
+_COMPLETE_CTES = f"""
     WITH v AS (
         SELECT * FROM json_to_recordset(CAST(:jobs AS json))
             AS t(id uuid, attempt int, inp int, out int, cost numeric)
@@ -192,23 +198,9 @@ _COMPLETE_CTES = """
         WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND j.id = v.id
         RETURNING j.id
     ), responses_in AS (
-        INSERT INTO responses (job_id, answer_text, structured, provider_response_id,
-                               finish_reason, latency_ms, input_tokens, output_tokens)
-        SELECT r.job_id, r.answer_text, r.structured, r.provider_response_id,
-               r.finish_reason, r.latency_ms, r.input_tokens, r.output_tokens
-        FROM json_to_recordset(CAST(:responses AS json))
-             AS r(job_id uuid, answer_text text, structured jsonb, provider_response_id text,
-                  finish_reason text, latency_ms int, input_tokens int, output_tokens int)
-        WHERE r.job_id IN (SELECT id FROM done)
+        {INSERT_RESPONSES_SQL.format(only="WHERE r.job_id IN (SELECT id FROM done)")}
     ), mentions_in AS (
-        INSERT INTO entity_mentions (job_id, prompt_id, model_id, batch_key, name, display_name,
-                                     entity_type, rank, sentiment, snippet)
-        SELECT m.job_id, m.prompt_id, m.model_id, m.batch_key, m.name, m.display_name,
-               m.entity_type, m.rank, m.sentiment, m.snippet
-        FROM json_to_recordset(CAST(:mentions AS json))
-             AS m(job_id uuid, prompt_id bigint, model_id bigint, batch_key text, name text,
-                  display_name text, entity_type text, rank int, sentiment text, snippet text)
-        WHERE m.job_id IN (SELECT id FROM done)
+        {INSERT_MENTIONS_SQL.format(only="WHERE m.job_id IN (SELECT id FROM done)")}
     )
 """
 _COMPLETE = text(f"{_COMPLETE_CTES} SELECT id FROM done")
@@ -218,10 +210,14 @@ _COMPLETE_AND_RELEASE = text(f"{_COMPLETE_CTES}, {limits.RELEASE_DONE_SQL} SELEC
 
 
 @contextmanager
-def autocommit(engine: Engine) -> Iterator[Connection]:
+def autocommit(engine: Database) -> Iterator[Conn]:
     """A pooled connection on which each statement is its own transaction: no BEGIN and no
     COMMIT to wait for. For one statement that must be atomic on its own (a statement is)."""
-    with engine.connect() as conn:
+    if isinstance(engine, Pool):  # its plain connections are that already
+        with engine.connect() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:  # SQLAlchemy's: autobegin turned off on the driver's
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
         dbapi.autocommit = True
@@ -241,7 +237,7 @@ class Finished:
 
 
 def complete_batch(
-    conn: Connection, finished: Sequence[Finished], release: dict[str, Any] | None = None
+    conn: Conn, finished: Sequence[Finished], release: dict[str, Any] | None = None
 ) -> set[uuid.UUID]:
     """Mark succeeded and store answers and mentions, one statement; the ids this worker
     still owned (the others' attempts are stale and nothing of theirs is written).

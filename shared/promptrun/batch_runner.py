@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from sqlalchemy import Connection, Engine
 
 from promptrun import batch_jobs, jobs, limits
 from promptrun.aws import JobQueue
 from promptrun.batch_jobs import Finished, Locked
 from promptrun.db.enums import JobStatus
+from promptrun.db.sql import Conn, Database
 from promptrun.errors import InputError
 from promptrun.jobs import ClaimedJob
 from promptrun.model_call import Answer, ModelCaller, ProviderFactory, StaleAttempt
@@ -105,7 +105,7 @@ def _waits(job: ClaimedJob) -> bool:
 
 @dataclass
 class BatchRunner:
-    engine: Engine
+    engine: Database
     settings: Settings
     queue: JobQueue | None = None
     providers: ProviderFactory = get_provider
@@ -248,7 +248,7 @@ class BatchRunner:
 
     def _admit(
         self,
-        conn: Connection,
+        conn: Conn,
         runnable: list[Locked],
         pending: dict[uuid.UUID, tuple[Record, Hint]],
         waits: dict[uuid.UUID, RetryLater],

@@ -14,9 +14,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, text
-
 from promptrun.db.enums import JobStatus
+from promptrun.db.sql import Conn, text
 from promptrun.errors import PromptrunError
 
 MAX_ERROR_MESSAGE = 2000
@@ -128,7 +127,7 @@ _CLAIM = text(
 )
 
 
-def claim_job(conn: Connection, job_id: uuid.UUID, lease_seconds: int) -> ClaimedJob | None:
+def claim_job(conn: Conn, job_id: uuid.UUID, lease_seconds: int) -> ClaimedJob | None:
     """Atomically take a job that is queued and due, or whose lease has expired with attempts
     left. None: duplicate delivery, not yet due, finished, cancelled, taken by a live worker, or
     rescued with no attempt left (see fail_exhausted). Limits are the caller's: limits.admit."""
@@ -174,7 +173,7 @@ def _model_ref(row: Any, prefix: str) -> ModelRef:
     )
 
 
-def job_state(conn: Connection, job_id: uuid.UUID) -> JobState | None:
+def job_state(conn: Conn, job_id: uuid.UUID) -> JobState | None:
     row = conn.execute(
         text(
             "SELECT status, next_attempt_at, lease_expires_at, "
@@ -218,7 +217,7 @@ class Usage:
 _DURATION = "duration_ms = (EXTRACT(EPOCH FROM (now() - started_at)) * 1000)::int"
 
 
-def complete_job(conn: Connection, job: ClaimedJob, usage: Usage) -> bool:
+def complete_job(conn: Conn, job: ClaimedJob, usage: Usage) -> bool:
     """Mark succeeded, guarded by the claimed attempt. False: a newer attempt owns the row,
     and the caller must roll back what it wrote."""
     result = conn.execute(
@@ -235,7 +234,7 @@ def complete_job(conn: Connection, job: ClaimedJob, usage: Usage) -> bool:
 
 
 def retry_job(
-    conn: Connection,
+    conn: Conn,
     job: ClaimedJob,
     *,
     delay_seconds: float,
@@ -267,7 +266,7 @@ def retry_job(
 
 
 def fail_job(
-    conn: Connection,
+    conn: Conn,
     job: ClaimedJob,
     *,
     error_kind: str,
@@ -296,7 +295,7 @@ def fail_job(
     return result.rowcount == 1
 
 
-def fail_exhausted(conn: Connection, job_id: uuid.UUID) -> bool:
+def fail_exhausted(conn: Conn, job_id: uuid.UUID) -> bool:
     """A job whose last attempt's worker died (lease expired, no attempt left): failed, since
     every attempt really started. False: not in that state."""
     result = conn.execute(

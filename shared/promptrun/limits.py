@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, text
+from promptrun.db.sql import Conn, text
 
 CATALOG_KEY = "catalog"
 # Seconds of rate a row may spend at once (GCRA burst tolerance).
@@ -235,7 +235,7 @@ def _money(value: Any) -> str:
 
 
 def admit(
-    conn: Connection,
+    conn: Conn,
     model_slug: str,
     batch_key: str,
     wanted: int,
@@ -265,7 +265,7 @@ class Request:
     turn: float | None = None
 
 
-def admit_many(conn: Connection, requests: Sequence[Request]) -> list[Admission]:
+def admit_many(conn: Conn, requests: Sequence[Request]) -> list[Admission]:
     """`admit` for several models at once (a whole SQS batch): one statement locks every row
     they need in key order, each request is decided on the rows as the ones before it left
     them, one statement writes them all. An Admission per request, in order."""
@@ -283,13 +283,13 @@ class Taken:
     params: dict[str, list[Any]] | None  # None: no row changed
 
 
-def write(conn: Connection, taken: Taken) -> None:
+def write(conn: Conn, taken: Taken) -> None:
     if taken.params:
         conn.execute(_TAKE, taken.params)
 
 
 def decide_many(
-    conn: Connection,
+    conn: Conn,
     requests: Sequence[Request],
     rows: dict[str, dict[str, Any]] | None = None,
 ) -> Taken:
@@ -318,7 +318,7 @@ def decide_many(
 
 
 def _decide(
-    conn: Connection,
+    conn: Conn,
     limit_rows: list[dict[str, Any]],
     catalog: dict[str, Any] | None,
     request: Request,
@@ -454,7 +454,7 @@ def _job_interval(row: dict[str, Any], demand: Demand) -> float:
 
 
 def _free_slots(
-    conn: Connection, row: dict[str, Any], now: float, wanted: int, own_claims: int
+    conn: Conn, row: dict[str, Any], now: float, wanted: int, own_claims: int
 ) -> tuple[int, float]:
     limit = row["max_concurrency"]
     if limit is None:
@@ -492,7 +492,7 @@ def _columns(updates: list[dict[str, Any]]) -> dict[str, list[Any]]:
     }
 
 
-def _add_spend(conn: Connection, periods: Sequence[tuple[str, str]], amount: Decimal) -> None:
+def _add_spend(conn: Conn, periods: Sequence[tuple[str, str]], amount: Decimal) -> None:
     conn.execute(
         _RESERVE,
         {
@@ -550,7 +550,7 @@ class Lease:
 
 
 def release(
-    conn: Connection,
+    conn: Conn,
     lease: Lease | None,
     *,
     tokens_used: int,
@@ -659,7 +659,7 @@ def release_done_params(ended: Sequence[tuple[Any, Ended]]) -> dict[str, Any] | 
     }
 
 
-def release_many(conn: Connection, ended: Sequence[Ended]) -> None:
+def release_many(conn: Conn, ended: Sequence[Ended]) -> None:
     """`release` for many calls at once: one statement for every row's slots, tokens and
     rate (rows locked in key order), one for the budgets; a 429 or a quota hint adds its own."""
     ended = [e for e in ended if e.lease.keys]
@@ -720,7 +720,7 @@ def release_many(conn: Connection, ended: Sequence[Ended]) -> None:
 
 
 def set_paused(
-    conn: Connection,
+    conn: Conn,
     *,
     paused: bool,
     model: str | None = None,
@@ -746,7 +746,7 @@ def set_paused(
     return sorted(k.removeprefix("model:") for (k,) in result)
 
 
-def waiting_jobs(conn: Connection, slugs: Iterable[str], reason_prefix: str) -> list[str]:
+def waiting_jobs(conn: Conn, slugs: Iterable[str], reason_prefix: str) -> list[str]:
     """Queued jobs of these models that wait for `reason_prefix` (e.g. after a resume)."""
     rows = conn.execute(
         text(
@@ -759,7 +759,7 @@ def waiting_jobs(conn: Connection, slugs: Iterable[str], reason_prefix: str) -> 
     return [str(r[0]) for r in rows]
 
 
-def note_wait(conn: Connection, job_ids: Sequence[Any], reason: str | None) -> None:
+def note_wait(conn: Conn, job_ids: Sequence[Any], reason: str | None) -> None:
     """Show why queued jobs wait. Also marks them enqueued now (their message is being sent
     back), so the fan-out's repair pass does not take a long wait for a lost message.
     Written when the reason changes, or every few minutes."""
@@ -800,7 +800,7 @@ _CONFIG_FIELDS = (
 )
 
 
-def sync_config(conn: Connection, configs: Sequence[LimitConfig]) -> dict[str, list[str]]:
+def sync_config(conn: Conn, configs: Sequence[LimitConfig]) -> dict[str, list[str]]:
     """Upsert the configured limits, keeping the live state (in flight, rates, paused).
     Returns the changed fields per key; rows of groups no longer named lose their limits."""
     current = {

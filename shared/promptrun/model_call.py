@@ -3,6 +3,7 @@ response and mentions stored with the job marked succeeded, in one transaction."
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,9 +11,9 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, insert
 
 from promptrun import jobs, limits
+from promptrun.db.sql import Conn, Database, text
 from promptrun.extraction import ExtractionResult, NormalizedEntity, normalize_entities
 from promptrun.jobs import ClaimedJob, ModelRef
 from promptrun.providers import Completion, ErrorKind, ModelCall, Provider, ProviderError
@@ -64,7 +65,7 @@ def call_timeout(remaining_ms: Callable[[], int] | None, params: dict[str, Any])
 
 @dataclass
 class ModelCaller:
-    engine: Engine
+    engine: Database
     settings: Settings
     providers: ProviderFactory
 
@@ -212,14 +213,41 @@ class Answer:
         ]
 
 
-def store(conn: Connection, job: ClaimedJob, answer: Answer) -> None:
-    """The response and its mentions (the caller completes the job in the same transaction)."""
-    # Imported here: the batch path writes with its own statement, and the tables' definitions
-    # cost about 40 ms of every processor's cold start.
-    from promptrun.db.schema import entity_mentions as EntityMention
-    from promptrun.db.schema import responses as Response
+# An answer's rows, from JSON (json_to_recordset): one statement for any number of rows. The
+# batch path writes with the same statements, its `only` keeping the jobs it still owned.
+INSERT_RESPONSES_SQL = """
+    INSERT INTO responses (job_id, answer_text, structured, provider_response_id,
+                           finish_reason, latency_ms, input_tokens, output_tokens)
+    SELECT r.job_id, r.answer_text, r.structured, r.provider_response_id,
+           r.finish_reason, r.latency_ms, r.input_tokens, r.output_tokens
+    FROM json_to_recordset(CAST(:responses AS json))
+         AS r(job_id uuid, answer_text text, structured jsonb, provider_response_id text,
+              finish_reason text, latency_ms int, input_tokens int, output_tokens int)
+    {only}
+"""
+INSERT_MENTIONS_SQL = """
+    INSERT INTO entity_mentions (job_id, prompt_id, model_id, batch_key, name, display_name,
+                                 entity_type, rank, sentiment, snippet)
+    SELECT m.job_id, m.prompt_id, m.model_id, m.batch_key, m.name, m.display_name,
+           m.entity_type, m.rank, m.sentiment, m.snippet
+    FROM json_to_recordset(CAST(:mentions AS json))
+         AS m(job_id uuid, prompt_id bigint, model_id bigint, batch_key text, name text,
+              display_name text, entity_type text, rank int, sentiment text, snippet text)
+    {only}
+"""
+_STORE = text(
+    f"WITH response AS ({INSERT_RESPONSES_SQL.format(only='')}) "
+    f"{INSERT_MENTIONS_SQL.format(only='')}"
+)
 
-    conn.execute(insert(Response).values(**answer.response_row(job)))
-    mentions = answer.mention_rows(job)
-    if mentions:
-        conn.execute(insert(EntityMention), mentions)
+
+def store(conn: Conn, job: ClaimedJob, answer: Answer) -> None:
+    """The response and its mentions, one statement (the caller completes the job in the same
+    transaction)."""
+    conn.execute(
+        _STORE,
+        {
+            "responses": json.dumps([answer.response_row(job)], default=str),
+            "mentions": json.dumps(answer.mention_rows(job), default=str),
+        },
+    )

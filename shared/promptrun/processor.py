@@ -17,11 +17,11 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Connection, Engine
 
 from promptrun import jobs, limits
 from promptrun.aws import JobQueue
 from promptrun.db.enums import JobStatus
+from promptrun.db.sql import Conn, Database
 from promptrun.errors import InputError
 from promptrun.jobs import ClaimedJob
 from promptrun.model_call import ModelCaller, ProviderFactory, StaleAttempt, call_cost
@@ -91,9 +91,7 @@ class JobRow(Protocol):
     def seconds_until_lease_ends(self) -> float: ...
 
 
-def unclaimable(
-    conn: Connection, job_id: uuid.UUID, row: JobRow
-) -> tuple[Outcome, RetryLater | None]:
+def unclaimable(conn: Conn, job_id: uuid.UUID, row: JobRow) -> tuple[Outcome, RetryLater | None]:
     """A job that could not be claimed: acknowledged with an outcome, or to come back (the
     RetryLater says when). The same decision on the per-job and the batch path."""
     if row.status == "queued" and row.seconds_until_due > 0:
@@ -135,7 +133,7 @@ def send_back(
 
 @dataclass
 class JobRunner:
-    engine: Engine
+    engine: Database
     settings: Settings
     queue: JobQueue | None = None
     providers: ProviderFactory = get_provider

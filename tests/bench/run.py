@@ -32,6 +32,7 @@ from promptrun.batch_runner import BatchRunner, Record
 from promptrun.catalog import load_catalog, sync_catalog
 from promptrun.db import pg8000_fast
 from promptrun.db.engine import RDS_CA_BUNDLE, dispose_engines, engine_for_url, get_engine
+from promptrun.db.pool import dispose_pools, get_pool
 from promptrun.fanout import FanoutRequest, create_jobs, send_until
 from promptrun.settings import Settings
 from tests.bench import dataset, operator_bench
@@ -63,7 +64,7 @@ def timed(fn: Callable[[], Any], repeat: int = 5) -> float:
 # --- cold start ---------------------------------------------------------------------------------
 
 _INIT = {
-    "processor": "app.BatchRunner(app.get_engine(app.settings), app.settings, None)",
+    "processor": "app.BatchRunner(app.get_pool(app.settings), app.settings, None)",
     "fanout": "app.get_engine(app.settings, pool_size=1)",
     "status": "app.app",
 }
@@ -189,7 +190,7 @@ def processor(pg: Any, template: str) -> dict[int, float]:
     try:
         url = stack.url_for(pg, db)
         settings = Settings(database_url=url, max_attempts=3, lease_seconds=60)
-        engine = get_engine(settings)  # what a processor instance gets: 2 connections
+        engine = get_engine(settings)
         sync_catalog(engine, load_catalog(catalog()))
         create_jobs(engine, FanoutRequest(at=AT), settings)
         sep = "&" if "?" in url else "?"
@@ -202,11 +203,11 @@ def processor(pg: Any, template: str) -> dict[int, float]:
 
         for threads in THREADS:
             # Each simulated instance is a thread with its own runner, call threads and
-            # engine of 2 connections (get_engine, keyed by the URL: an application_name
+            # pool of 2 connections (get_pool, keyed by the URL: an application_name
             # each), as each Lambda instance has. They share one process, and so its GIL.
             calls = ThreadPoolExecutor((SQS_BATCH - 1) * threads)
             runners = [
-                BatchRunner(get_engine(instance), instance, None, threads=calls)
+                BatchRunner(get_pool(instance), instance, None, threads=calls)
                 for instance in (
                     dataclasses.replace(
                         settings, database_url=f"{url}{sep}application_name=bench-{i}"
@@ -244,6 +245,7 @@ def processor(pg: Any, template: str) -> dict[int, float]:
                 text("SELECT count(*) FROM prompt_jobs WHERE status = 'succeeded'")
             ).scalar_one()
         line("    jobs succeeded in the last run", f"{done}")
+        dispose_pools()
         dispose_engines()
     finally:
         stack.drop_database(pg, db)

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 from promptrun import batch_jobs, limits
 from promptrun.batch_runner import BatchRunner, Record
 from promptrun.db.engine import engine_for_url
+from promptrun.db.pool import Pool
 from promptrun.processor import Outcome
 from promptrun.settings import Settings
 from tests.conftest import sync
@@ -31,7 +32,7 @@ def flow(engine: Engine, key: str) -> dict[str, Any]:
 
 
 def test_the_finishing_statement_releases_every_owned_call(
-    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, pool: Pool, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sync(
         engine,
@@ -45,7 +46,7 @@ prompts:
     fan_out(engine, settings)
     with engine.begin() as conn:  # room for the additive increase to show
         conn.execute(text("UPDATE flow_limits SET rate_factor = 0.5 WHERE key = 'model:m'"))
-    runner = BatchRunner(engine, settings, None)
+    runner = BatchRunner(pool, settings, None)
     seen: dict[str, Any] = {}
     params_of = limits.release_done_params
 

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from promptrun.api import build_app
 from promptrun.aws import JobQueue
 from promptrun.batch_runner import BatchRunner, Record
+from promptrun.db.pool import Pool
 from promptrun.processor import Outcome
 from promptrun.settings import Settings
 from tests.conftest import sync
@@ -69,7 +70,7 @@ def spent(engine: Engine) -> Decimal:
 
 
 def test_a_budget_holds_back_the_rest_of_a_batch(
-    engine: Engine, settings: Settings, sqs: Any, openai_server: FakeOpenAI
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any, openai_server: FakeOpenAI
 ) -> None:
     """Six jobs at $0.06 in one batch against a $0.15 batch budget: three start (the third
     crosses the cap), three wait (queued, no attempt, reason `budget`, a delayed message
@@ -77,7 +78,7 @@ def test_a_budget_holds_back_the_rest_of_a_batch(
     settings = keyed(settings)
     sync(engine, catalogue(openai_server, runs=6, model_extra=", budget_usd: {per_batch: 0.15}"))
     fan_out(engine, settings)
-    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
     result = runner.run(records(sqs, settings))
     assert result.failed == []
     assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 3, Outcome.WAITING: 3}
@@ -110,14 +111,14 @@ class Killed(BaseException):
 
 
 def test_a_batch_killed_after_its_claim_keeps_its_budget_reserved(
-    engine: Engine, settings: Settings, sqs: Any, openai_server: FakeOpenAI
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any, openai_server: FakeOpenAI
 ) -> None:
     """A killed attempt is billed but never reports its usage: the estimate reserved at its
     admission stays spent, so the budget still counts it and holds the other jobs back."""
     settings = keyed(settings)
     sync(engine, catalogue(openai_server, runs=4, model_extra=", budget_usd: {per_batch: 0.1}"))
     fan_out(engine, settings)
-    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
 
     def killed(*args: Any, **kwargs: Any) -> Any:
         raise Killed
@@ -132,7 +133,7 @@ def test_a_batch_killed_after_its_claim_keeps_its_budget_reserved(
         ("queued", 0): 2,
     }
     assert spent(engine) == Decimal("0.12")  # the two killed calls' estimates
-    fresh = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    fresh = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
     queued = [str(r[0]) for r in _ids(engine, "status = 'queued'")]
     result = fresh.run([Record(j, json.dumps({"job_id": j}), "rh") for j in queued])
     assert set(result.outcomes.values()) == {Outcome.WAITING}
@@ -140,7 +141,7 @@ def test_a_batch_killed_after_its_claim_keeps_its_budget_reserved(
 
 
 def test_a_429_in_a_batch_slows_the_model_for_every_processor(
-    engine: Engine, settings: Settings, sqs: Any, openai_server: FakeOpenAI
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any, openai_server: FakeOpenAI
 ) -> None:
     """A 429 with Retry-After: the job is retried by a delayed message (an attempt used, as
     error retries do), the model's rate is cut by 30% and its calls held back for the
@@ -150,7 +151,7 @@ def test_a_429_in_a_batch_slows_the_model_for_every_processor(
     fan_out(engine, settings)
     first, second = records(sqs, settings)
     openai_server.push(openai_server.rate_limited(retry_after="10"))
-    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
     assert runner.run([first]).outcomes == {first.message_id: Outcome.RETRYING}
     row = flow_row(engine)
     assert row["rate_factor"] == pytest.approx(0.7)  # multiplicative decrease
@@ -175,7 +176,7 @@ def _jobs(engine: Engine) -> list[dict[str, Any]]:
 
 
 def test_rate_limit_headers_of_an_answer_hold_the_next_batch_back(
-    engine: Engine, settings: Settings, sqs: Any, openai_server: FakeOpenAI
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any, openai_server: FakeOpenAI
 ) -> None:
     """An answer whose headers say the request quota is used up (remaining 0, reset in 20 s):
     the batch's release holds the model back until the reset, without a 429."""
@@ -188,7 +189,7 @@ def test_rate_limit_headers_of_an_answer_hold_the_next_batch_back(
     openai_server.push(answer)
     fan_out(engine, settings)
     first, second = records(sqs, settings)
-    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
     assert runner.run([first]).outcomes == {first.message_id: Outcome.SUCCEEDED}
     row = flow_row(engine)
     assert row["rate_factor"] == 1.0 and row["throttled"] == 0  # a hold, not a 429
@@ -200,7 +201,7 @@ def test_rate_limit_headers_of_an_answer_hold_the_next_batch_back(
 
 
 def test_jobs_a_rate_holds_for_a_turn_start_while_the_batch_calls_run(
-    engine: Engine, settings: Settings
+    engine: Engine, pool: Pool, settings: Settings
 ) -> None:
     """A batch larger than the rate's burst: 4 of its 6 jobs start at once, the other two get
     turns a fraction of a second later and start then, while the first calls still run (one
@@ -217,8 +218,8 @@ prompts:
     )
     fan_out(engine, settings)
     calls: list[tuple[float, float]] = []
-    with ThreadPoolExecutor(9) as pool:
-        runner = BatchRunner(engine, settings, None, threads=pool)
+    with ThreadPoolExecutor(9) as threads:
+        runner = BatchRunner(pool, settings, None, threads=threads)
         call = runner.caller.call
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -242,7 +243,7 @@ prompts:
 
 
 def test_records_received_again_and_again_are_refreshed_in_a_batch(
-    engine: Engine, settings: Settings, sqs: Any
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any
 ) -> None:
     """Records that processors died holding (their third receive) get a fresh copy each,
     delayed past the lease, before they run: their receive counts never walk them into the
@@ -258,7 +259,7 @@ def test_records_received_again_and_again_are_refreshed_in_a_batch(
         Record(m["MessageId"], m["Body"], m["ReceiptHandle"], receive_count=count)
         for m, count in zip(messages, (3, 4, 2), strict=True)
     ]
-    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
     result = runner.run(batch)
     assert set(result.outcomes.values()) == {Outcome.SUCCEEDED}
     assert delayed(sqs, settings.jobs_queue_url) == 2  # the copies, for after the lease

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from promptrun.batch_runner import BatchRunner, Record
+from promptrun.db.pool import Pool
 from promptrun.processor import Outcome
 from promptrun.settings import Settings
 from tests.conftest import sync
@@ -29,12 +30,14 @@ class CountingExecutor(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-def run_all(engine: Engine, settings: Settings, catalog: str) -> tuple[int, set[str]]:
+def run_all(
+    engine: Engine, database: Pool, settings: Settings, catalog: str
+) -> tuple[int, set[str]]:
     """Every job of the catalogue in one batch; (calls handed to the pool, caller threads)."""
     sync(engine, catalog)
     fan_out(engine, settings)
     pool = CountingExecutor()
-    runner = BatchRunner(engine, settings, None, threads=pool)
+    runner = BatchRunner(database, settings, None, threads=pool)
     seen: set[str] = set()
     call = runner.caller.call
 
@@ -51,9 +54,12 @@ def run_all(engine: Engine, settings: Settings, catalog: str) -> tuple[int, set[
     return pool.submitted, seen
 
 
-def test_zero_latency_calls_stay_on_the_batch_thread(engine: Engine, settings: Settings) -> None:
+def test_zero_latency_calls_stay_on_the_batch_thread(
+    engine: Engine, pool: Pool, settings: Settings
+) -> None:
     submitted, seen = run_all(
         engine,
+        pool,
         settings,
         """
 models:
@@ -66,9 +72,10 @@ prompts:
     assert seen == {threading.current_thread().name}
 
 
-def test_calls_that_wait_run_side_by_side(engine: Engine, settings: Settings) -> None:
+def test_calls_that_wait_run_side_by_side(engine: Engine, pool: Pool, settings: Settings) -> None:
     submitted, seen = run_all(
         engine,
+        pool,
         settings,
         """
 models:

@@ -67,6 +67,6 @@ def test_the_finishing_statement_reads_its_jobs_by_key(engine: Engine, settings:
         "responses": "[]",
         "mentions": "[]",
     }
-    plan = _plan(engine, str(batch_jobs._COMPLETE), params)
+    plan = _plan(engine, batch_jobs._COMPLETE.text, params)
     assert "pk_prompt_jobs" in plan, plan
     assert "ix_prompt_jobs_live" not in plan, plan

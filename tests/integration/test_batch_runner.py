@@ -21,6 +21,7 @@ from promptrun import jobs
 from promptrun.aws import JobQueue
 from promptrun.batch_runner import BatchRunner, Record
 from promptrun.db import pg8000_fast
+from promptrun.db.pool import Pool
 from promptrun.processor import Outcome
 from promptrun.providers.base import Completion, ModelCall
 from promptrun.providers.offline import OfflineProvider
@@ -64,12 +65,12 @@ def delayed(sqs: Any, queue_url: str | None) -> int:
 
 
 def test_a_batch_stores_what_one_job_would_and_a_second_delivery_does_nothing(
-    engine: Engine, settings: Settings, sqs: Any
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any
 ) -> None:
     single_job_catalog(engine, runs=3)
     fan_out(engine, settings)
     msgs = receive_all(sqs, settings.jobs_queue_url)
-    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
     result = runner.run(records_of(msgs))
     assert result.failed == [] and result.response() == {"batchItemFailures": []}
     assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 3}
@@ -159,14 +160,16 @@ def mixed_batch(engine: Engine) -> tuple[list[Record], dict[str, uuid.UUID]]:
     return records, named
 
 
-def test_a_mixed_batch_with_a_queue(engine: Engine, settings: Settings, sqs: Any) -> None:
+def test_a_mixed_batch_with_a_queue(
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any
+) -> None:
     sync(engine, MIXED)
     fan_out(engine, settings)
     receive_all(sqs, settings.jobs_queue_url, delete=True)
     records, named = mixed_batch(engine)
     provider = CountingProvider()
     runner = BatchRunner(
-        engine,
+        pool,
         settings,
         JobQueue(settings.jobs_queue_url or ""),
         providers=lambda n, s: provider,
@@ -211,12 +214,12 @@ def test_a_mixed_batch_with_a_queue(engine: Engine, settings: Settings, sqs: Any
 
 
 def test_a_mixed_batch_without_a_queue_fails_the_records_that_must_come_back(
-    engine: Engine, settings: Settings
+    engine: Engine, pool: Pool, settings: Settings
 ) -> None:
     sync(engine, MIXED)
     fan_out(engine, settings)
     records, _ = mixed_batch(engine)
-    result = BatchRunner(engine, settings, None).run(records)
+    result = BatchRunner(pool, settings, None).run(records)
     failed = set(result.failed)
     assert {"bad-json", "bad-uuid", "not-due"} <= failed
     # One of narrow's three waits: its record is the job's way back.
@@ -225,7 +228,9 @@ def test_a_mixed_batch_without_a_queue_fails_the_records_that_must_come_back(
     assert result.outcomes["good"] == Outcome.SUCCEEDED
 
 
-def test_a_short_wait_is_waited_out_in_the_invocation(engine: Engine, settings: Settings) -> None:
+def test_a_short_wait_is_waited_out_in_the_invocation(
+    engine: Engine, pool: Pool, settings: Settings
+) -> None:
     single_job_catalog(engine, runs=2)
     fan_out(engine, settings)
     first, second = job_ids(engine)
@@ -234,7 +239,7 @@ def test_a_short_wait_is_waited_out_in_the_invocation(engine: Engine, settings: 
             text("UPDATE prompt_jobs SET next_attempt_at = now() + interval '0.3 s' WHERE id = :i"),
             {"i": second},
         )
-    result = BatchRunner(engine, settings, None).run(
+    result = BatchRunner(pool, settings, None).run(
         [Record("a", body(first)), Record("b", body(second))], remaining_ms=lambda: 60_000
     )
     assert result.failed == [] and set(result.outcomes.values()) == {Outcome.SUCCEEDED}
@@ -242,7 +247,7 @@ def test_a_short_wait_is_waited_out_in_the_invocation(engine: Engine, settings: 
 
 
 def test_paused_and_limited_models_take_no_attempt(
-    engine: Engine, settings: Settings, sqs: Any
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any
 ) -> None:
     sync(engine, MIXED)
     fan_out(engine, settings)
@@ -250,7 +255,7 @@ def test_paused_and_limited_models_take_no_attempt(
     with engine.begin() as conn:
         conn.execute(text("UPDATE flow_limits SET paused = true WHERE key = 'model:ok'"))
     ids = job_ids(engine, "m.slug IN ('ok', 'narrow')")
-    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
     result = runner.run([Record(f"r{i}", body(j), "rh") for i, j in enumerate(ids)])
     assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 2, Outcome.WAITING: 6}
     with engine.connect() as conn:
@@ -271,7 +276,7 @@ def test_paused_and_limited_models_take_no_attempt(
 
 
 def test_concurrent_batches_with_overlapping_ids_run_each_job_once(
-    engine: Engine, settings: Settings
+    engine: Engine, pool: Pool, settings: Settings
 ) -> None:
     sync(
         engine,
@@ -292,7 +297,7 @@ prompts:
     batches = [deliveries[i : i + 10] for i in range(0, len(deliveries), 10)]
     provider = CountingProvider()
     runner = BatchRunner(
-        engine, settings, None, providers=lambda n, s: provider, threads=ThreadPoolExecutor(4)
+        pool, settings, None, providers=lambda n, s: provider, threads=ThreadPoolExecutor(4)
     )
     counter = itertools.count()
     barrier = threading.Barrier(6)
@@ -305,8 +310,8 @@ prompts:
         assert result.failed == []
         return Counter(result.outcomes.values())
 
-    with ThreadPoolExecutor(6) as pool:
-        outcomes = sum(pool.map(run, batches), Counter[Outcome]())
+    with ThreadPoolExecutor(6) as threads:
+        outcomes = sum(threads.map(run, batches), Counter[Outcome]())
     assert outcomes[Outcome.SUCCEEDED] == 40
     assert outcomes[Outcome.SKIPPED] == len(deliveries) - 40
     assert len(provider.calls) == 40 and set(provider.calls.values()) == {1}
@@ -341,13 +346,13 @@ class Overtaken(OfflineProvider):
 
 
 def test_a_stale_attempt_loses_and_the_rest_of_its_batch_is_stored(
-    engine: Engine, settings: Settings
+    engine: Engine, pool: Pool, settings: Settings
 ) -> None:
     single_job_catalog(engine, runs=3)
     fan_out(engine, settings)
     ids = job_ids(engine)
     provider = Overtaken(engine, ids[0])
-    runner = BatchRunner(engine, settings, None, providers=lambda n, s: provider)
+    runner = BatchRunner(pool, settings, None, providers=lambda n, s: provider)
     result = runner.run([Record(str(i), body(j)) for i, j in enumerate(ids)])
     assert result.outcomes == {"0": Outcome.STALE, "1": Outcome.SUCCEEDED, "2": Outcome.SUCCEEDED}
     with engine.connect() as conn:
@@ -380,7 +385,7 @@ def test_round_trips_per_batch(
 ) -> None:
     """A batch of ten jobs of one limited model: claimed in one transaction (lock, admit, claim)
     and finished in one statement (store, complete, release), whatever the batch's size."""
-    from promptrun.db.engine import dispose_engines, get_engine
+    from promptrun.db.pool import dispose_pools, get_pool
 
     sync(
         engine,
@@ -392,7 +397,7 @@ prompts:
 """,
     )
     fan_out(engine, settings)
-    fast = get_engine(settings)  # the processor's engine: pg8000_fast, 2 connections
+    fast = get_pool(settings)  # the processor's: pg8000_fast, 2 connections
     try:
         runner = BatchRunner(fast, settings, None)
         records = [Record(str(i), body(j)) for i, j in enumerate(job_ids(engine))]
@@ -412,11 +417,11 @@ prompts:
         assert set(result.outcomes.values()) == {Outcome.SKIPPED}
         assert next(trips) <= 2  # one statement and its commit
     finally:
-        dispose_engines()
+        dispose_pools()
 
 
 def test_one_job_that_cannot_be_stored_costs_only_itself(
-    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, pool: Pool, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Should the batch's store fail, each job is stored on its own: the one that fails
     again is retried as an unexpected error, the others succeed."""
@@ -430,7 +435,7 @@ def test_one_job_that_cannot_be_stored_costs_only_itself(
         raise RuntimeError("statement failed")
 
     monkeypatch.setattr(batch_jobs, "complete_batch", broken)
-    runner = BatchRunner(engine, settings, None)
+    runner = BatchRunner(pool, settings, None)
     original = runner.caller.finish
 
     def finish(job: Any, *args: Any) -> None:
@@ -517,7 +522,7 @@ def test_admitting_several_groups_at_once_never_exceeds_a_limit(
 
 
 def test_errors_in_a_batch_take_the_per_job_path(
-    engine: Engine, settings: Settings, sqs: Any
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any
 ) -> None:
     """A 429 retried (a delayed message, the record acknowledged), a permanent error failed, a
     job whose last attempt's worker died failed as exhausted; the rest of the batch stored;
@@ -551,7 +556,7 @@ prompts:
         "flaky": job_ids(engine, "m.slug = 'flaky'")[0],
         "broken": job_ids(engine, "m.slug = 'broken'")[0],
     }
-    runner = BatchRunner(engine, settings, JobQueue(settings.jobs_queue_url or ""))
+    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
     result = runner.run([Record(m, body(j), f"rh-{m}") for m, j in named.items()])
     assert result.failed == []
     assert result.outcomes == {

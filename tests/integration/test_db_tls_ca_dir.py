@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from promptrun.db import engine as db_engine
+from promptrun.db import connect as db_connect
 from promptrun.db.engine import RDS_CA_BUNDLE, engine_for_url, tls_context
 from tests.support.tls_postgres import (
     Pem,
@@ -73,6 +73,6 @@ def test_the_functions_use_the_directory_when_the_layer_has_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert tls_context().cert_store_stats()["x509_ca"] == 122  # no directory here: the bundle
-    monkeypatch.setattr(db_engine, "RDS_CA_DIR", ca_index(RDS_CA_BUNDLE, tmp_path / "ca"))
+    monkeypatch.setattr(db_connect, "RDS_CA_DIR", ca_index(RDS_CA_BUNDLE, tmp_path / "ca"))
     # Nothing parsed up front: OpenSSL reads the issuer a server names, at the handshake.
     assert tls_context().cert_store_stats()["x509_ca"] == 0

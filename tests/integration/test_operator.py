@@ -18,6 +18,7 @@ from promptrun import jobs, operator
 from promptrun.api import app_from_settings
 from promptrun.aws import JobQueue
 from promptrun.db.engine import get_engine
+from promptrun.db.pool import Pool
 from promptrun.fanout import FanoutRequest, run_fanout
 from promptrun.local.events import api_gateway_event, bearer
 from promptrun.local.lambda_runtime import LocalContext
@@ -359,7 +360,7 @@ def test_a_job_runs_the_prompt_version_it_records_even_after_the_text_changed(
 
 
 def test_the_batch_path_runs_the_recorded_version_too(
-    engine: Engine, settings: Settings, sqs: Any
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any
 ) -> None:
     """The processor's handler claims whole SQS batches (batch_runner): same race, same answer."""
     from promptrun.batch_runner import BatchRunner, Record
@@ -372,7 +373,7 @@ def test_the_batch_path_runs_the_recorded_version_too(
         recorded = set(conn.execute(text("SELECT prompt_version FROM prompt_jobs")).scalars())
     sync(engine, CATALOG.replace("best CRM tools?", "best CRM tools for a bakery?"))
 
-    result = BatchRunner(engine, settings, queue).run(
+    result = BatchRunner(pool, settings, queue).run(
         [Record(m["MessageId"], m["Body"], m["ReceiptHandle"]) for m in messages]
     )
     assert list(result.outcomes.values()) == [Outcome.SUCCEEDED] * 4, result

@@ -13,7 +13,6 @@ The SDKs are imported inside the functions that need them: each is optional.
 
 from __future__ import annotations
 
-import email.utils
 import math
 import re
 import threading
@@ -143,6 +142,8 @@ def retry_after_from_headers(
         try:
             return _clean(float(raw))
         except ValueError:
+            import email.utils  # the date form is rare: not in every cold start
+
             parsed = email.utils.parsedate_tz(raw)
             if parsed is not None:
                 return _clean(email.utils.mktime_tz(parsed) - now)

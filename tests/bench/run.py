@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -192,6 +193,45 @@ def _run_batches(runner: BatchRunner, batches: list[list[str]]) -> int:
     return sum(_run_batch(runner, bodies) for bodies in batches)
 
 
+class LockWaits:
+    """Samples, every 10 ms, how many of the bench's database sessions are running a
+    statement and how many of those wait for a row another transaction holds (the models'
+    limits rows, which every batch's claim and finish update)."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = engine_for_url(url, pool_size=1)
+        self.samples = self.active = self.waiting = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> LockWaits:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.engine.dispose()
+
+    def _sample(self) -> None:
+        query = text(
+            "SELECT count(*) FILTER (WHERE state = 'active'), "
+            "count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock') "
+            "FROM pg_stat_activity WHERE application_name LIKE 'bench-%'"
+        )
+        with self.engine.connect() as conn:
+            while not self._stop.wait(0.01):
+                active, waiting = conn.execute(query).one()
+                conn.commit()
+                self.samples += 1
+                self.active += active
+                self.waiting += waiting
+
+    def figure(self) -> str:
+        n = max(self.samples, 1)
+        return f"{self.waiting / n:.2f} of {self.active / n:.2f}"
+
+
 def processor(pg: Any, template: str) -> dict[int, float]:
     print(
         "processor path: BatchRunner.run on SQS batches of 10, offline model with zero latency, "
@@ -236,7 +276,7 @@ def processor(pg: Any, template: str) -> dict[int, float]:
                 pg8000_fast._flush = counted  # type: ignore[assignment]
                 before = next(trips)
                 started = time.perf_counter()
-                with ThreadPoolExecutor(threads) as pool:
+                with LockWaits(url) as waits, ThreadPoolExecutor(threads) as pool:
                     failed = sum(pool.map(_run_batches, runners, shares))
                 seconds = time.perf_counter() - started
                 if failed:  # e.g. a pool checkout that waited past its timeout
@@ -249,6 +289,7 @@ def processor(pg: Any, template: str) -> dict[int, float]:
             rates[threads] = rate
             line(f"{threads:>2} thread(s): jobs/s (median of 3)", f"{rate:,.0f}", ">= 2,000")
             line("    round trips per job", f"{samples[-1][1]:.2f}", "a handful per SQS batch")
+            line("    sessions waiting on a row lock, of those active", waits.figure())
             if threads == 1:
                 overhead = statistics.median(s[2] for s in samples)
                 line("    overhead per job beside the model call", f"{overhead:.2f} ms", "< 2 ms")

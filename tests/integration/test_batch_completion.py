@@ -16,6 +16,8 @@ from sqlalchemy import Engine, text
 from promptrun import batch_completion, events
 from promptrun.aws import JobQueue
 from promptrun.catalog import load_catalog, sync_catalog
+from promptrun.db.engine import engine_for_url
+from promptrun.db.pool import Pool
 from promptrun.errors import PromptrunError
 from promptrun.fanout import FanoutRequest, run_fanout
 from promptrun.local.lambda_runtime import LocalContext, load_handler
@@ -107,6 +109,37 @@ def test_many_concurrent_completers_send_one_event(engine: Engine, bus: EventCap
         )
     assert sum(len(r) for r in results) == 1
     assert len(bus.events(events.BATCH_COMPLETED)) == 1
+
+
+def test_after_an_invocation_the_engine_is_made_only_for_a_finished_batch_and_alone(
+    engine: Engine, pool: Pool, db_url: str, bus: EventCapture
+) -> None:
+    """The processor's completion check runs on its pool; the SQLAlchemy engine the visibility
+    comparison needs is made only for a finished batch, once the pool holds no connection
+    (an instance never holds more than 2), and closed after."""
+    sync_catalog(engine, load_catalog(BRANDS_CATALOG))
+    a = Answers(engine)
+    a.add("2026-01-01", day(0), "alpha", "crm", 0, ["Acme"])
+    a.add("2026-01-01", day(0), "alpha", "crm", 1, [], status="queued")
+    with engine.connect() as conn:
+        ids = [str(i) for i in conn.execute(text("SELECT id FROM prompt_jobs")).scalars()]
+    made: list[int] = []
+    completer = engine_for_url(db_url, pool_size=1)
+
+    def engine_factory() -> Engine:
+        made.append(pool.open_connections)
+        return completer
+
+    handler = batch_completion.after_invocation(lambda: pool, engine_factory)(lambda e, c: "ok")
+    event = {"Records": [{"body": json.dumps({"job_id": i})} for i in ids]}
+    assert handler(event, None) == "ok"
+    assert made == [] and bus.events() == []  # one job still queued: no engine
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE prompt_jobs SET status = 'succeeded'"))
+    handler(event, None)
+    assert made == [0]  # the pool's idle connection closed before the engine connected
+    assert len(bus.events(events.BATCH_COMPLETED)) == 1
+    assert completer.pool.checkedin() == 0  # and the engine's own closed after
 
 
 def test_an_unfinished_batch_is_not_completed(engine: Engine, bus: EventCapture) -> None:

@@ -88,3 +88,5 @@ def layer_cold_start(inits: dict[str, str], runs: int = 3) -> None:
             what = f"{name}: import + init, wall (CPU), median of {runs}"
             figure = f"{statistics.median(walls)} ms ({statistics.median(cpus)} ms)"
             print(f"  {what:<52} {figure:>22}")
+            spread = f"{min(walls)} - {max(walls)} ms"
+            print(f"  {'    fastest - slowest run, wall':<52} {spread:>22}")

@@ -126,6 +126,7 @@ def cold_start() -> None:
             f"{statistics.median(totals)} ms ({statistics.median(cpus)} ms)",
             goal,
         )
+        line("    fastest - slowest run, wall", f"{min(totals)} - {max(totals)} ms")
         print(f"      heaviest top-level imports: {heavy}")
 
 

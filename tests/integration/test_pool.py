@@ -61,10 +61,14 @@ def test_a_statement_gives_the_same_results_on_the_pool_and_on_sqlalchemy(
     assert ROWS.names == ("label", "price", "count")  # a name used twice is one parameter
 
 
-def test_a_missing_parameter_is_named_and_the_connection_stays_usable(pool: Pool) -> None:
+def test_a_missing_parameter_or_a_bare_string_is_refused_and_the_connection_stays_usable(
+    pool: Pool,
+) -> None:
     with pool.connect() as conn:
         with pytest.raises(StatementError, match=":count"):
             conn.execute(ROWS, {"label": "x", "price": 1})
+        with pytest.raises(TypeError, match=r"text\(\), not <class 'str'>"):
+            conn.execute("SELECT 1")  # type: ignore[arg-type]
         assert conn.execute(text("SELECT 1")).scalar() == 1
 
 

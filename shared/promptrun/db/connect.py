@@ -57,10 +57,8 @@ class Target:
             raise ConfigError("DATABASE_URL is not a valid database URL") from None
         if parts.scheme != SCHEME or not parts.hostname:
             raise ConfigError(f"DATABASE_URL must be a {SCHEME}:// URL with a host")
-        host = parts.netloc.rpartition("@")[2]
-        host = host[: host.rindex("]") + 1] if host.startswith("[") else host.partition(":")[0]
         return cls(
-            host=unquote(host.strip("[]")),
+            host=parts.hostname,
             database=unquote(parts.path.lstrip("/")) or None,
             user=unquote(parts.username) if parts.username is not None else None,
             password=unquote(parts.password) if parts.password is not None else None,

@@ -60,14 +60,15 @@ class Connection:
         self.broken = False
         self._savepoints = 0
 
-    def execute(self, statement: Sql | str, parameters: Any = None, /) -> Result:
-        sql = statement if isinstance(statement, Sql) else _adhoc(statement)
+    def execute(self, statement: Sql, parameters: Any = None, /) -> Result:
+        if not isinstance(statement, Sql):  # as SQLAlchemy 2, no bare strings
+            raise TypeError(f"execute() takes promptrun.db.sql.text(), not {type(statement)}")
         if isinstance(parameters, list | tuple):  # executemany: one statement per row
             result = Result((), None, 0)
             for one in parameters:
-                result = self._run(sql, one)
+                result = self._run(statement, one)
             return result
-        return self._run(sql, parameters)
+        return self._run(statement, parameters)
 
     def _run(self, sql: Sql, parameters: dict[str, Any] | None) -> Result:
         values = sql.values(parameters)
@@ -110,16 +111,6 @@ class Savepoint:
 
     def commit(self) -> None:
         self.conn._simple(f"RELEASE SAVEPOINT {self.name}")
-
-
-_ADHOC: dict[str, Sql] = {}
-
-
-def _adhoc(statement: str) -> Sql:
-    sql = _ADHOC.get(statement)
-    if sql is None:
-        sql = _ADHOC.setdefault(statement, Sql(statement)) if len(_ADHOC) < 256 else Sql(statement)
-    return sql
 
 
 class Pool:

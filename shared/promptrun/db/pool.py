@@ -7,8 +7,9 @@ some tens of microseconds to every statement; the status API, the operators and 
 - `begin()`: a transaction, committed when the block ends, rolled back on any error.
 - `connect()`: each statement its own transaction (no BEGIN, no COMMIT to wait for).
 - A connection that failed for any reason but an error the server reported (a socket error, a
-  value the driver could not encode halfway through a message) is discarded, never reused: the
-  same rule as the engine's, and cheaper than a ping on every checkout.
+  value the driver could not encode halfway through a message), or with a server error that
+  ended the session, is discarded, never reused: the same rule as the engine's, and cheaper
+  than a ping on every checkout.
 - Connections older than `recycle` seconds are closed at checkout, before proxies and NATs drop
   them; a checkout waits up to `timeout` seconds for a free connection, then fails.
 """
@@ -116,12 +117,12 @@ class Savepoint:
 class Pool:
     def __init__(
         self,
-        connect: Callable[[], pg8000_fast.Connection],
-        size: int = 2,
+        opener: Callable[[], pg8000_fast.Connection],
+        size: int = MAX_CONNECTIONS,
         recycle: float = 300,
         timeout: float = 30,
     ) -> None:
-        self._connect = connect
+        self._open_one = opener
         self.size, self.recycle, self.timeout = size, recycle, timeout
         self._idle: list[tuple[float, pg8000_fast.Connection]] = []
         self._open = 0
@@ -201,7 +202,7 @@ class Pool:
             for dbapi in stale:
                 _close(dbapi)
         try:
-            return time.monotonic(), self._connect()
+            return time.monotonic(), self._open_one()
         except BaseException:
             with self._free:
                 self._open -= 1

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Engine, bindparam, text
 
+from promptrun import summaries
 from promptrun.aws import SendResult
 from promptrun.db.enums import JobStatus
 from promptrun.errors import InputError, PromptrunError
@@ -302,19 +303,34 @@ class PromptState(BaseModel):
     needs_rerun: bool = Field(description="that batch ran another version than the current one")
 
 
+# Each prompt's newest batch: batch_stats newest first, each probed in the per-prompt job
+# counts (a primary key lookup), so the read does not grow with history. The versions its
+# jobs ran come from one pass over the newest batches' own rows (their key's index), not from
+# every job of every prompt (0.9-1.5 s at 1M jobs before).
 _PROMPT_STATES = text(
-    """
-    SELECT p.slug, p.enabled, p.version, b.batch_key,
-           COALESCE((SELECT array_agg(DISTINCT j.prompt_version ORDER BY j.prompt_version)
-                     FROM prompt_jobs j WHERE j.prompt_id = p.id AND j.batch_key = b.batch_key),
-                    ARRAY[]::varchar[]) AS versions
-    FROM prompts p
-    LEFT JOIN LATERAL (
-        SELECT batch_key FROM prompt_jobs
-        WHERE prompt_id = p.id AND (CAST(:key AS text) IS NULL OR batch_key = :key)
-        ORDER BY created_at DESC LIMIT 1
-    ) b ON true
-    ORDER BY p.slug
+    f"""
+    WITH latest AS MATERIALIZED (
+        SELECT p.id AS prompt_id, p.slug, p.enabled, p.version, b.batch_key
+        FROM prompts p
+        LEFT JOIN LATERAL (
+            SELECT s.batch_key FROM batch_stats s
+            WHERE (CAST(:key AS text) IS NULL OR s.batch_key = :key)
+              AND (SELECT sum(c.jobs) FROM {summaries.PROMPT_COUNTS} c
+                   WHERE c.prompt_id = p.id AND c.batch_key = s.batch_key) > 0
+            ORDER BY s.created_at DESC, s.batch_key DESC LIMIT 1
+        ) b ON true
+    ), versions AS (
+        SELECT j.prompt_id,
+               array_agg(DISTINCT j.prompt_version ORDER BY j.prompt_version) AS versions
+        FROM prompt_jobs j JOIN latest l ON l.prompt_id = j.prompt_id AND l.batch_key = j.batch_key
+        WHERE j.batch_key = ANY(ARRAY(SELECT DISTINCT batch_key FROM latest
+                                      WHERE batch_key IS NOT NULL))
+        GROUP BY j.prompt_id
+    )
+    SELECT l.slug, l.enabled, l.version, l.batch_key,
+           COALESCE(v.versions, ARRAY[]::varchar[]) AS versions
+    FROM latest l LEFT JOIN versions v ON v.prompt_id = l.prompt_id
+    ORDER BY l.slug
     """
 )
 

@@ -58,7 +58,8 @@ _JOB_COUNTS = _live(
     "batch_key, model_id, status, jobs, input_tokens, output_tokens, cost_usd, "
     "first_created_at, first_started_at, last_finished_at",
 )
-_PROMPT_COUNTS = _live("prompt_job_counts", "prompt_id, batch_key, status, jobs")
+# Public: the operators' prompt states find each prompt's newest batch in it too.
+PROMPT_COUNTS = _live("prompt_job_counts", "prompt_id, batch_key, status, jobs")
 _DURATIONS = _live("job_duration_buckets", "batch_key, model_id, bucket, jobs")
 _ERRORS = _live("job_error_counts", "batch_key, error_key, error_kind, error_message, jobs")
 _ENTITY_COUNTS = _live(
@@ -119,7 +120,7 @@ def status_counts(
             f"SELECT status, sum(jobs) FROM {_JOB_COUNTS} c WHERE true{batch_filter}{model_filter}"
         )
     elif model_id is None:
-        sql = f"SELECT status, sum(jobs) FROM {_PROMPT_COUNTS} c WHERE prompt_id = :p{batch_filter}"
+        sql = f"SELECT status, sum(jobs) FROM {PROMPT_COUNTS} c WHERE prompt_id = :p{batch_filter}"
     else:
         sql = (
             "SELECT status, count(*) FROM prompt_jobs "

@@ -35,6 +35,7 @@ from promptrun.db import pg8000_fast
 from promptrun.db.engine import RDS_CA_BUNDLE, dispose_engines, engine_for_url, get_engine
 from promptrun.db.pool import dispose_pools, get_pool
 from promptrun.fanout import FanoutRequest, create_jobs, send_until
+from promptrun.operator import prompt_states
 from promptrun.settings import Settings
 from tests.bench import dataset, operator_bench
 from tests.bench.layer_cold import layer_cold_start
@@ -430,6 +431,7 @@ def status_reads(pg: Any) -> None:
             lambda: queries.entity_counts(engine, prompt="prompt-7"),
             "50 ms",
         ),
+        ("GET /prompts (operators: versions, re-run)", lambda: prompt_states(engine), "50 ms"),
     ]
     for what, read, goal in reads:
         line(what, f"{timed(read):.1f} ms", goal)

@@ -426,6 +426,36 @@ def test_rerun_changed_creates_jobs_only_for_prompts_whose_latest_batch_ran_an_o
     assert operator.rerun_changed(engine, queue, settings).created == 0  # repeating: nothing new
 
 
+def test_prompt_states_follow_the_newest_batch_that_still_has_the_prompts_jobs(
+    engine: Engine, settings: Settings, sqs: Any, batch: dict[str, uuid.UUID]
+) -> None:
+    """Read from the batches' list and the per-prompt counts (not every job of every prompt):
+    the newest batch with the prompt's jobs, the versions they ran, a named batch, a prompt
+    with no jobs, and a newest batch whose jobs were deleted (as prune does)."""
+
+    def states(batch_key: str | None = None) -> dict[str, tuple[Any, ...]]:
+        return {
+            s.slug: (s.latest_batch_key, s.latest_batch_versions, s.needs_rerun)
+            for s in operator.prompt_states(engine, batch_key)
+        }
+
+    v1 = states()["crm"][1]
+    changed = CATALOG.replace("best CRM tools?", "best CRM tools in 2027?")
+    sync(engine, changed + '  - {slug: new, text: "Which ERP?", schedule: weekly, runs: 1}\n')
+    assert states()["new"] == (None, [], False)  # no jobs yet
+    later = FanoutRequest(at=AT + timedelta(days=1))
+    run_fanout(engine, JobQueue(settings.jobs_queue_url or ""), later, settings)
+    with engine.connect() as conn:
+        v2 = conn.execute(text("SELECT version FROM prompts WHERE slug = 'crm'")).scalar_one()
+    assert v2 not in v1
+    assert states()["crm"] == ("2026-11-23", [v2], False)
+    assert states(DAILY)["crm"] == (DAILY, v1, True)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM prompt_jobs WHERE batch_key = '2026-11-23'"))
+        conn.execute(text("SELECT promptrun_compact_summaries()"))
+    assert states()["crm"] == (DAILY, v1, True)
+
+
 def test_rerun_of_a_named_batch_that_does_not_exist_is_refused(
     engine: Engine, settings: Settings
 ) -> None:

@@ -22,7 +22,15 @@ from promptrun.db.pool import Pool
 from promptrun.processor import Outcome
 from promptrun.settings import Settings
 from tests.conftest import sync
-from tests.integration.test_flow_control import TOKEN, catalogue, fan_out, get, jobs_by, keyed
+from tests.integration.test_flow_control import (
+    TOKEN,
+    catalogue,
+    fan_out,
+    get,
+    jobs_by,
+    keyed,
+    push_used_up_quota,
+)
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.sqs import receive_all
 
@@ -182,11 +190,7 @@ def test_rate_limit_headers_of_an_answer_hold_the_next_batch_back(
     the batch's release holds the model back until the reset, without a 429."""
     settings = keyed(settings)
     sync(engine, catalogue(openai_server, runs=2))
-    answer = openai_server.completion("Acme CRM is fine.")
-    answer.headers.update(
-        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "20s"}
-    )
-    openai_server.push(answer)
+    push_used_up_quota(openai_server)
     fan_out(engine, settings)
     first, second = records(sqs, settings)
     runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))

@@ -221,6 +221,14 @@ def delayed(sqs: Any, queue_url: str | None) -> int:
     return int(attrs["ApproximateNumberOfMessagesDelayed"])
 
 
+def wait_until_held(
+    procs: Processors, engine: Engine, sqs: Any, queue_url: str | None, reason: str, n: int
+) -> None:
+    """Until `n` jobs wait for `reason` (queued, no attempt used), each with a delayed message
+    of its own for the next re-check."""
+    procs.wait_until(lambda: waiting_on(engine, reason) == n and delayed(sqs, queue_url) == n, 60)
+
+
 def started_processors(
     engine: Engine,
     settings: Settings,
@@ -263,12 +271,8 @@ def test_pause_then_resume_on_the_real_path(
     )
     try:
         # Each job waits with the reason on it and a message of its own delayed 15 minutes.
-        procs.wait_until(
-            lambda: (
-                waiting_on(engine, "paused: provider incident") == 10
-                and delayed(sqs, settings.jobs_queue_url) == 10
-            ),
-            60,
+        wait_until_held(
+            procs, engine, sqs, settings.jobs_queue_url, "paused: provider incident", 10
         )
         assert openai_server.request_count == 0
         assert message_count(sqs, settings.jobs_queue_url) == 0
@@ -304,13 +308,7 @@ def test_a_budget_stops_new_calls_and_raising_it_in_the_catalogue_lets_them_fini
         engine, settings, sqs, moto_server, openai_server, tmp_path
     )
     try:
-        procs.wait_until(
-            lambda: (
-                waiting_on(engine, "budget: model:gpt") == 7
-                and delayed(sqs, settings.jobs_queue_url) == 7
-            ),
-            60,
-        )
+        wait_until_held(procs, engine, sqs, settings.jobs_queue_url, "budget: model:gpt", 7)
         assert statuses(engine) == {"succeeded": 3, "queued": 7}
         spent = sum(r["cost_usd"] or 0 for r in jobs_by(engine, "cost_usd"))
         assert spent == Decimal("0.18")  # never more than the calls in flight over the cap
@@ -335,6 +333,15 @@ def test_a_budget_stops_new_calls_and_raising_it_in_the_catalogue_lets_them_fini
     assert rows == [{"status": "succeeded", "attempt_count": 1}] * 10
     assert openai_server.rate_stats.answers == {"Question number 0?": 10}
     assert message_count(sqs, dlq_url) == 0
+
+
+def push_used_up_quota(server: FakeOpenAI) -> None:
+    """The next answer's headers say the request quota is used up (remaining 0, reset in 20 s)."""
+    answer = server.completion("Acme CRM is fine.")
+    answer.headers.update(
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "20s"}
+    )
+    server.push(answer)
 
 
 def runner_for(engine: Engine, settings: Settings) -> JobRunner:
@@ -617,11 +624,7 @@ def test_rate_limit_headers_of_an_answer_hold_the_model_back(
     holds every processor's next call of that model back until the reset, without a 429."""
     settings = keyed(settings)
     sync(engine, catalogue(openai_server, runs=2))
-    answer = openai_server.completion("Acme CRM is fine.")
-    answer.headers.update(
-        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "20s"}
-    )
-    openai_server.push(answer)
+    push_used_up_quota(openai_server)
     fan_out(engine, settings)
     first, second = receive_all(sqs, settings.jobs_queue_url, delete=True)
     runner = runner_for(engine, settings)

@@ -2,11 +2,12 @@
 
 - `lock_batch`: the rows of every job id, locked in id order (two batches sharing ids never
   wait on each other in opposite orders), with what a claim needs and whether each may be
-  claimed now; then, in the same statement, the limits rows of the claimable jobs' models
-  (after the jobs, as every writer of both locks them). Admission (limits.decide_many) runs
-  on what it returns, in the same transaction.
+  claimed now; with them, read in the same statement and not locked, the limits rows of the
+  claimable jobs' models. Admission runs on what it returns, in the same transaction: quick
+  on that snapshot (limits.decide_quick), or with the rows locked (limits.decide_many).
 - `claim_batch`: the admitted ones marked processing, each guarded as jobs.claim_job is, and
-  what admission took written, one statement (its COMMIT in the same packet).
+  what admission took written, one statement (its COMMIT in the same packet); after a quick
+  admission, only if the rows, locked by that statement, still have the slots.
 - `complete_batch`: responses, mentions and completions in one statement, each job guarded
   by its claimed attempt: a job a newer attempt owns gets nothing written; usually the
   calls' release too, the statement its own transaction (`autocommit`).
@@ -53,7 +54,7 @@ _LOCK = text(
         SELECT DISTINCT 'model:' || m.slug AS key
         FROM locked l JOIN models m ON m.id = l.model_id WHERE l.claimable AND m.enabled
     ), flows AS MATERIALIZED (
-        {limits.LOCK_FLOWS_SQL}
+        {limits.FLOWS_SQL}
     )
     SELECT l.id, l.tid, l.status, l.wait, l.lease_left, l.claimable,
            l.attempt_count + 1 AS attempt_count, l.max_attempts, l.run_index, l.batch_key,
@@ -70,11 +71,22 @@ _CLAIM_SQL = f"""
     UPDATE prompt_jobs j SET {CLAIM_SET}
     WHERE j.ctid = ANY(CAST(string_to_array(:tids, ' ') AS tid[]))
       AND j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {CLAIMABLE}
+      {{guard}}
     RETURNING j.id
 """
-_CLAIM = text(_CLAIM_SQL)
+_CLAIM = text(_CLAIM_SQL.format(guard=""))
 # The admission's rows written by the same statement (locked already, by limits.decide_many).
-_TAKE_AND_CLAIM = text(f"WITH take AS ({limits.TAKE_SQL}) {_CLAIM_SQL}")
+_TAKE_AND_CLAIM = text(f"WITH take AS ({limits.TAKE_SQL}) {_CLAIM_SQL.format(guard='')}")
+# After a quick admission: the slots taken and the jobs claimed only if the rows still have
+# them; a row of NULL says they did not (nothing claimed, nothing taken).
+_QUICK_TAKE_AND_CLAIM = text(
+    f"""
+    WITH {limits.QUICK_TAKE_SQL}, claimed AS (
+        {_CLAIM_SQL.format(guard="AND (SELECT ok FROM quick_ok)")}
+    )
+    SELECT id FROM claimed UNION ALL SELECT NULL WHERE NOT (SELECT ok FROM quick_ok)
+    """
+)
 
 
 def _ends_transaction(conn: Conn, last: bool) -> None:
@@ -112,8 +124,8 @@ class Locked:
 
 @dataclass
 class LockedBatch:
-    """What `lock_batch` found: the jobs, and the limits rows their admission needs (locked
-    too, after the jobs; limits.decide_many takes them as `rows`)."""
+    """What `lock_batch` found: the jobs (locked), and the limits rows their admission needs
+    as they were then (not locked; limits.decide_quick's `rows`)."""
 
     jobs: dict[uuid.UUID, Locked]
     flows: dict[str, dict[str, Any]]
@@ -121,7 +133,7 @@ class LockedBatch:
 
 def lock_batch(conn: Conn, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
     """The jobs among `job_ids` that exist, locked; ids not returned have no job. With them,
-    locked in the same statement, the limits rows of the models of the claimable ones."""
+    read in the same statement, the limits rows of the models of the claimable ones."""
     found: dict[uuid.UUID, Locked] = {}
     flows: dict[str, dict[str, Any]] = {}
     for row in conn.execute(_LOCK, {"ids": _id_list(job_ids)}).mappings():
@@ -145,15 +157,19 @@ def claim_batch(
     conn: Conn,
     jobs: Sequence[Locked],
     lease_seconds: int,
-    taken: limits.Taken | None = None,
+    taken: limits.Taken | limits.Quick | None = None,
     *,
     last: bool = False,
-) -> set[uuid.UUID]:
+) -> set[uuid.UUID] | None:
     """Claim jobs `lock_batch` found claimable in this transaction, and write what their
-    admission took (`taken`), one statement; the ids claimed. `last`: nothing follows in the
-    transaction, so its COMMIT goes out with the statement (committed when this returns)."""
+    admission took (`taken`), one statement; the ids claimed. None: a quick admission whose
+    slots were gone by then; nothing was claimed or taken, admit them the locked way. `last`:
+    nothing follows in the transaction, so its COMMIT goes out with the statement (committed
+    when this returns)."""
+    if isinstance(taken, limits.Quick) and not taken.params["quick_keys"]:
+        taken = None  # no limits rows: nothing to take
     if not jobs:
-        if taken is not None:
+        if isinstance(taken, limits.Taken):
             _ends_transaction(conn, last)
             limits.write(conn, taken)
         return set()
@@ -163,6 +179,9 @@ def claim_batch(
         "lease": lease_seconds,
     }
     _ends_transaction(conn, last)
+    if isinstance(taken, limits.Quick):
+        ids = [r[0] for r in conn.execute(_QUICK_TAKE_AND_CLAIM, {**params, **taken.params})]
+        return None if None in ids else set(ids)
     if taken is not None and taken.params:
         return {r[0] for r in conn.execute(_TAKE_AND_CLAIM, {**params, **taken.params})}
     return {r[0] for r in conn.execute(_CLAIM, params)}

@@ -180,38 +180,7 @@ class BatchRunner:
         waits: dict[uuid.UUID, RetryLater] = {}
         unrun: dict[uuid.UUID, Outcome] = {}
         broken: list[uuid.UUID] = []
-        with self.engine.begin() as conn:
-            batch = batch_jobs.lock_batch(conn, list(pending))
-            found = batch.jobs
-            runnable: list[Locked] = []
-            for job_id in pending:
-                locked = found.get(job_id)
-                if locked is None:
-                    logger.warning("no such job; message dropped", extra={"job_id": str(job_id)})
-                    unrun[job_id] = Outcome.SKIPPED
-                elif not locked.claimable:
-                    outcome, wait = unclaimable(conn, job_id, locked)
-                    if wait is not None:
-                        waits[job_id] = wait
-                    else:
-                        unrun[job_id] = outcome
-                elif locked.job is None:
-                    logger.error(
-                        "record failed: job records a prompt version that is not stored",
-                        extra={"job_id": str(job_id), "version": locked.version_missing},
-                    )
-                    broken.append(job_id)
-                else:
-                    runnable.append(locked)
-            admitted, taken = self._admit(conn, runnable, pending, waits, batch.flows)
-            claimed = batch_jobs.claim_batch(
-                conn,
-                [found[a.job.id] for a in admitted],
-                self.settings.lease_seconds,
-                taken,
-                last=True,
-            )
-        attempts = [a for a in admitted if a.job.id in claimed]
+        attempts = self._claim(pending, waits, unrun, broken)
         for job_id in pending:
             record = pending[job_id][0]
             if job_id in unrun:
@@ -246,6 +215,67 @@ class BatchRunner:
                 result.failed.append(record.message_id)
         return waits
 
+    def _claim(
+        self,
+        pending: dict[uuid.UUID, tuple[Record, Hint]],
+        waits: dict[uuid.UUID, RetryLater],
+        unrun: dict[uuid.UUID, Outcome],
+        broken: list[uuid.UUID],
+    ) -> list[_Attempt]:
+        """Lock the jobs, admit and claim them, one transaction; the claimed attempts. The
+        jobs that may not run now are sorted into `waits`, `unrun` and `broken`. Admission is
+        quick first; should the slots it counted on be gone by the claim (nothing was claimed
+        then), its jobs are locked again and admitted with their limits rows locked."""
+        ids = list(pending)
+        for quick in (True, False):
+            with self.engine.begin() as conn:
+                found = batch_jobs.lock_batch(conn, ids)
+                runnable = self._sort(conn, ids, found.jobs, waits, unrun, broken)
+                admitted, taken = self._admit(conn, runnable, pending, waits, found.flows, quick)
+                claimed = batch_jobs.claim_batch(
+                    conn,
+                    [found.jobs[a.job.id] for a in admitted],
+                    self.settings.lease_seconds,
+                    taken,
+                    last=True,
+                )
+            if claimed is not None:
+                return [a for a in admitted if a.job.id in claimed]
+            ids = [a.job.id for a in admitted]
+        raise AssertionError("a claim after a locked admission always answers")
+
+    def _sort(
+        self,
+        conn: Conn,
+        ids: list[uuid.UUID],
+        found: dict[uuid.UUID, Locked],
+        waits: dict[uuid.UUID, RetryLater],
+        unrun: dict[uuid.UUID, Outcome],
+        broken: list[uuid.UUID],
+    ) -> list[Locked]:
+        """The jobs that may be claimed now; the others sorted as _claim says."""
+        runnable: list[Locked] = []
+        for job_id in ids:
+            locked = found.get(job_id)
+            if locked is None:
+                logger.warning("no such job; message dropped", extra={"job_id": str(job_id)})
+                unrun[job_id] = Outcome.SKIPPED
+            elif not locked.claimable:
+                outcome, wait = unclaimable(conn, job_id, locked)
+                if wait is not None:
+                    waits[job_id] = wait
+                else:
+                    unrun[job_id] = outcome
+            elif locked.job is None:
+                logger.error(
+                    "record failed: job records a prompt version that is not stored",
+                    extra={"job_id": str(job_id), "version": locked.version_missing},
+                )
+                broken.append(job_id)
+            else:
+                runnable.append(locked)
+        return runnable
+
     def _admit(
         self,
         conn: Conn,
@@ -253,10 +283,12 @@ class BatchRunner:
         pending: dict[uuid.UUID, tuple[Record, Hint]],
         waits: dict[uuid.UUID, RetryLater],
         flows: dict[str, dict[str, Any]],
-    ) -> tuple[list[_Attempt], limits.Taken | None]:
+        quick: bool,
+    ) -> tuple[list[_Attempt], limits.Taken | limits.Quick | None]:
         """Admit the jobs per (model, batch, turn) in this transaction: those beyond what
         their limits allow now are left queued, with the reason written on them. What the
-        admitted took is written with their claim (batch_jobs.claim_batch)."""
+        admitted took is written with their claim (batch_jobs.claim_batch). `quick`: on the
+        snapshot `flows` if it allows them all (limits.decide_quick)."""
         admitted: list[_Attempt] = []
         groups: dict[tuple[str, str, float | None], list[ClaimedJob]] = {}
         for locked in runnable:
@@ -277,7 +309,11 @@ class BatchRunner:
             limits.Request(slug, batch_key, len(group), demand, turn=turn)
             for ((slug, batch_key, turn), group), demand in zip(ordered, demands, strict=True)
         ]
-        taken = limits.decide_many(conn, requests, flows) if requests else None
+        taken: limits.Taken | limits.Quick | None = None
+        if requests:
+            taken = (limits.decide_quick(requests, flows) if quick else None) or (
+                limits.decide_many(conn, requests)
+            )
         admissions = taken.admissions if taken is not None else []
         for (_, group), demand, admission in zip(ordered, demands, admissions, strict=True):
             lease = limits.Lease.of(admission, demand)

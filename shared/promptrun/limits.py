@@ -19,6 +19,11 @@ An admission is one transaction: the rows of the model and its group locked in k
 (`SELECT ... FOR UPDATE`: row locks end with the transaction, nothing pins a session),
 the grant computed here, one UPDATE of those rows. O(1) statements, however many calls are
 in flight. `admit` grants up to `wanted` jobs of one model at once (a whole SQS batch).
+
+The quick admission (`decide_quick`, for a whole batch) locks nothing while it decides: when
+all its jobs need is a free slot, it decides on a snapshot of the rows, and the statement
+that claims the jobs takes the slots (relative updates) only if a check on the rows, locked
+for that statement alone, still finds them free; otherwise the batch takes the locked way.
 """
 
 from __future__ import annotations
@@ -143,15 +148,14 @@ _LOCK_ROWS = text(
     FROM flow_limits c WHERE c.key = 'catalog'
     """
 )
-# The same rows as _LOCK_ROWS, as one JSON document, for a statement that locks them beside
-# other rows (promptrun.batch_jobs): its `flow_keys` CTE names the models' keys. Money as
-# text, so that it stays exact; the clock read after the rows are locked.
-LOCK_FLOWS_SQL = """
+# The same rows as _LOCK_ROWS, read and not locked, as one JSON document, for a statement
+# that reads them beside other rows (promptrun.batch_jobs): its `flow_keys` CTE names the
+# models' keys. What decide_quick looks at; money as text, so that it stays exact.
+FLOWS_SQL = """
     WITH l AS (
         SELECT * FROM flow_limits
         WHERE key IN (SELECT key FROM flow_keys)
            OR key IN (SELECT group_key FROM flow_limits WHERE key IN (SELECT key FROM flow_keys))
-        ORDER BY key FOR UPDATE
     ), r AS (
         SELECT to_jsonb(l) || jsonb_build_object(
                    'budget_batch_usd', l.budget_batch_usd::text,
@@ -181,7 +185,7 @@ _FLOAT_COLUMNS = (
 
 
 def flow_rows(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """LOCK_FLOWS_SQL's document as decide_many's `rows`: key -> row, as _LOCK_ROWS gives it."""
+    """FLOWS_SQL's document as decide_quick's `rows`: key -> row, as _LOCK_ROWS gives it."""
     rows = {}
     for row in document["rows"]:
         for money in ("budget_batch_usd", "budget_day_usd"):
@@ -288,16 +292,10 @@ def write(conn: Conn, taken: Taken) -> None:
         conn.execute(_TAKE, taken.params)
 
 
-def decide_many(
-    conn: Conn,
-    requests: Sequence[Request],
-    rows: dict[str, dict[str, Any]] | None = None,
-) -> Taken:
-    """`admit_many` without its last statement. `rows`: the requests' limits rows, locked
-    already in this transaction (flow_rows); by default they are locked here."""
-    if rows is None:
-        keys = sorted({model_key(r.model_slug) for r in requests})
-        rows = {r["key"]: dict(r) for r in conn.execute(_LOCK_ROWS, {"mks": keys}).mappings()}
+def decide_many(conn: Conn, requests: Sequence[Request]) -> Taken:
+    """`admit_many` without its last statement: the rows locked and decided on."""
+    keys = sorted({model_key(r.model_slug) for r in requests})
+    rows = {r["key"]: dict(r) for r in conn.execute(_LOCK_ROWS, {"mks": keys}).mappings()}
     changed: dict[str, dict[str, Any]] = {}
     # Jobs admitted by earlier requests and not yet claimed: a recount cannot see them.
     unclaimed: Counter[str] = Counter()
@@ -499,6 +497,102 @@ def _add_spend(conn: Conn, periods: Sequence[tuple[str, str]], amount: Decimal) 
             "scopes": [s for s, _ in periods],
             "periods": [p for _, p in periods],
             "amount": amount,
+        },
+    )
+
+
+# --- the quick admission: free slots only, no row locked while deciding ------------------------
+
+
+@dataclass(frozen=True)
+class Quick:
+    """Admissions in full decided on a snapshot of the rows (decide_quick), not written yet:
+    QUICK_TAKE_SQL, run with `params` in the statement that claims the jobs, takes the slots
+    if its check on the locked rows still passes, and takes nothing otherwise."""
+
+    admissions: list[Admission]
+    params: dict[str, list[Any]]
+
+
+def _quick_row(row: dict[str, Any], calls: int) -> bool:
+    """A row that grants `calls` more calls now for a free slot alone: QUICK_ROW_SQL's test."""
+    return (
+        not row["paused"]
+        and row["rpm"] is None
+        and row["tpm"] is None
+        and row["budget_batch_usd"] is None
+        and row["budget_day_usd"] is None
+        and row["request_tat"] <= row["now_s"]
+        and row["token_tat"] <= row["now_s"]
+        and (row["max_concurrency"] is None or row["in_flight"] + calls <= row["max_concurrency"])
+    )
+
+
+# _quick_row on a locked row `r` against its want `w` (key, calls, group key seen).
+QUICK_ROW_SQL = """
+    NOT r.paused AND r.rpm IS NULL AND r.tpm IS NULL
+    AND r.budget_batch_usd IS NULL AND r.budget_day_usd IS NULL
+    AND r.request_tat <= EXTRACT(EPOCH FROM clock_timestamp())
+    AND r.token_tat <= EXTRACT(EPOCH FROM clock_timestamp())
+    AND (r.max_concurrency IS NULL OR r.in_flight + w.calls <= r.max_concurrency)
+    AND r.group_key IS NOT DISTINCT FROM w.group_key
+"""
+# CTEs for a statement that claims the admitted jobs only `WHERE (SELECT ok FROM quick_ok)`:
+# the rows locked in key order for the length of that statement, checked, and their slots
+# taken as relative updates (nothing else about them changes). A row gone, a group changed,
+# a rate, budget or pause set, or too few free slots since the snapshot: ok is false and
+# nothing is taken.
+QUICK_TAKE_SQL = f"""
+    quick_want AS (
+        SELECT * FROM unnest(CAST(:quick_keys AS text[]), CAST(:quick_calls AS int[]),
+                             CAST(:quick_groups AS text[])) AS w(key, calls, group_key)
+    ), quick_rows AS MATERIALIZED (
+        SELECT f.* FROM flow_limits f WHERE f.key IN (SELECT key FROM quick_want)
+        ORDER BY f.key FOR UPDATE
+    ), quick_ok AS MATERIALIZED (
+        SELECT count(*) = (SELECT count(*) FROM quick_want)
+               AND coalesce(bool_and({QUICK_ROW_SQL}), true)
+               AND NOT EXISTS (SELECT 1 FROM flow_limits c WHERE c.key = 'catalog'
+                               AND (c.budget_batch_usd IS NOT NULL OR c.budget_day_usd IS NOT NULL))
+               AS ok
+        FROM quick_rows r JOIN quick_want w ON w.key = r.key
+    ), quick_take AS (
+        UPDATE flow_limits AS f SET in_flight = f.in_flight + w.calls
+        FROM quick_want w WHERE f.key = w.key AND (SELECT ok FROM quick_ok)
+    )
+"""
+
+
+def decide_quick(requests: Sequence[Request], rows: dict[str, dict[str, Any]]) -> Quick | None:
+    """Every request granted in full, on `rows`, a snapshot of their limits rows (flow_rows),
+    when all they need is a free slot: no row with a rate, a pushed-back start (Retry-After),
+    a budget or a pause, no turn to wait for, and room for all their calls. None: decide
+    them the locked way (decide_many). Nothing is locked while deciding, so models busy at
+    thousands of calls a second do not queue on their rows; a rated model never runs that fast."""
+    catalog = rows.get(CATALOG_KEY)
+    if catalog is not None and (
+        catalog["budget_batch_usd"] is not None or catalog["budget_day_usd"] is not None
+    ):
+        return None
+    calls: Counter[str] = Counter()
+    admissions = []
+    for request in requests:
+        if request.turn is not None:
+            return None
+        model = rows.get(model_key(request.model_slug))
+        group = rows.get(model["group_key"]) if model and model["group_key"] else None
+        keys = tuple(sorted(r["key"] for r in (model, group) if r is not None))
+        for key in keys:
+            calls[key] += request.wanted
+        admissions.append(Admission(granted=request.wanted, keys=keys))
+    if not all(_quick_row(rows[key], n) for key, n in calls.items()):
+        return None
+    return Quick(
+        admissions,
+        {
+            "quick_keys": list(calls),
+            "quick_calls": list(calls.values()),
+            "quick_groups": [rows[key]["group_key"] for key in calls],
         },
     )
 

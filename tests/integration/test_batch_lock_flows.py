@@ -1,6 +1,6 @@
-"""The batch's claim locks its jobs and their limits rows in one statement
-(batch_jobs.lock_batch with limits.LOCK_FLOWS_SQL): the rows must be exactly what admission
-gets when it locks them itself (limits._LOCK_ROWS), floats and money included."""
+"""The batch's claim locks its jobs and reads their limits rows in one statement
+(batch_jobs.lock_batch with limits.FLOWS_SQL), without locking those: the rows must be exactly
+what admission gets when it locks them itself (limits._LOCK_ROWS), floats and money included."""
 
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ prompts:
     ids = job_ids(engine)
     with engine.begin() as conn:
         batch = batch_jobs.lock_batch(conn, ids)
+        with engine.begin() as other:  # the rows are not locked: another session need not wait
+            other.execute(text("SET LOCAL lock_timeout = '2s'"))
+            other.execute(text("SELECT key FROM flow_limits FOR UPDATE"))
         own = {
             r["key"]: dict(r)
             for r in conn.execute(limits._LOCK_ROWS, {"mks": ["model:a", "model:b"]}).mappings()

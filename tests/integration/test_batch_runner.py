@@ -407,7 +407,7 @@ prompts:
         result = runner.run(records[1:])
         ran = next(trips)
         assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 9}
-        # BEGIN rides with the first statement, which locks the jobs and their limits rows;
+        # BEGIN rides with the first statement, which locks the jobs and reads their limits rows;
         # take-and-claim with the COMMIT behind it; then store, complete and release: one
         # statement, its own transaction.
         assert ran <= 3, ran

@@ -242,6 +242,10 @@ class BatchRunner:
             if claimed is not None:
                 return [a for a in admitted if a.job.id in claimed]
             ids = [a.job.id for a in admitted]
+            logger.info(
+                "slots taken meanwhile; admitting with the limits rows locked",
+                extra={"jobs": len(ids)},
+            )
         raise AssertionError("a claim after a locked admission always answers")
 
     def _sort(

@@ -118,7 +118,11 @@ def around_first_claim(
 
 
 def test_a_batch_outrun_between_its_quick_admission_and_its_claim_is_admitted_locked(
-    engine: Engine, pool: Pool, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    engine: Engine,
+    pool: Pool,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sync(engine, CATALOGUE)
     fan_out(engine, settings)
@@ -137,6 +141,7 @@ def test_a_batch_outrun_between_its_quick_admission_and_its_claim_is_admitted_lo
     )
     # the locked way, on the rows as they are then: one slot left, so one job runs
     assert kinds == [limits.Quick, limits.Taken]
+    assert "admitting with the limits rows locked" in caplog.text
     assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 1}
     assert len(result.failed) == 1  # no queue to send the held one back to: it comes back
     with engine.connect() as conn:

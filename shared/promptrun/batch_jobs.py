@@ -1,13 +1,15 @@
 """The job state machine for a whole SQS batch, a statement per step instead of per job.
 
-- `lock_batch`: the rows of every job id, locked in id order (two batches sharing ids never
-  wait on each other in opposite orders), with what a claim needs and whether each may be
-  claimed now; with them, read in the same statement and not locked, the limits rows of the
-  claimable jobs' models. Admission runs on what it returns, in the same transaction: quick
-  on that snapshot (limits.decide_quick), or with the rows locked (limits.decide_many).
-- `claim_batch`: the admitted ones marked processing, each guarded as jobs.claim_job is, and
-  what admission took written, one statement (its COMMIT in the same packet); after a quick
-  admission, only if the rows, locked by that statement, still have the slots.
+- `claim_quick`: one statement, its own transaction: every job of the batch locked in id order
+  (two batches sharing ids never wait on each other in opposite orders), with what a claim
+  needs; then the limits rows of the claimable jobs' models and groups, locked in key order
+  (after the jobs, as every writer of both locks them), and, when all the jobs need is a
+  free slot and the rows have them (limits.QUICK_TAKE_SQL), the slots taken and the jobs
+  claimed. Otherwise nothing is taken or claimed and the batch takes the locked way:
+- `lock_batch`: the jobs locked, as above, in a transaction; admission (limits.decide_many)
+  locks the limits rows and decides in it; `claim_batch` marks the admitted ones
+  processing, each guarded as jobs.claim_job is, and writes what admission took, one
+  statement (its COMMIT in the same packet).
 - `complete_batch`: responses, mentions and completions in one statement, each job guarded
   by its claimed attempt: a job a newer attempt owns gets nothing written; usually the
   calls' release too, the statement its own transaction (`autocommit`).
@@ -38,9 +40,8 @@ from promptrun.jobs import (
 )
 from promptrun.model_call import INSERT_MENTIONS_SQL, INSERT_RESPONSES_SQL, Answer
 
-_LOCK = text(
-    f"""
-    WITH locked AS MATERIALIZED (
+_LOCKED_CTE = f"""
+    locked AS MATERIALIZED (
         SELECT j.id, CAST(j.ctid AS text) AS tid, j.status, j.attempt_count, j.max_attempts,
                j.run_index, j.batch_key,
                j.prompt_id, j.model_id, j.prompt_version,
@@ -49,18 +50,46 @@ _LOCK = text(
                {CLAIMABLE} AS claimable
         FROM prompt_jobs j WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
         ORDER BY j.id FOR UPDATE
-    ), flow_keys AS MATERIALIZED (
-        -- every job row read (and locked) before the first limits row is locked
-        SELECT DISTINCT 'model:' || m.slug AS key
-        FROM locked l JOIN models m ON m.id = l.model_id WHERE l.claimable AND m.enabled
-    ), flows AS MATERIALIZED (
-        {limits.FLOWS_SQL}
+    )"""
+# What a Locked row is made of: the job as claiming it would make it (attempt counted).
+_LOCKED_COLUMNS = f"""
+    l.id, l.tid, l.status, l.wait, l.lease_left, l.claimable,
+    l.attempt_count + 1 AS attempt_count, l.max_attempts, l.run_index, l.batch_key,
+    {CONTEXT_COLUMNS.format(r="l")}"""
+_LOCK = text(
+    f"WITH {_LOCKED_CTE} SELECT {_LOCKED_COLUMNS} FROM locked l {CONTEXT_JOINS.format(r='l')}"
+)
+
+# The quick claim. `ctx`: each locked job with its context and the keys of its model's and
+# group's limits rows (read, not locked: QUICK_TAKE_SQL locks them and checks the group is
+# still the one read here). A job runs when it is claimable and its version is stored; only
+# an enabled model's jobs need a slot (a disabled model's are claimed and ended unrun).
+_CLAIM_QUICK = text(
+    f"""
+    WITH {_LOCKED_CTE}, ctx AS MATERIALIZED (
+        SELECT {_LOCKED_COLUMNS},
+               l.claimable AND v.id IS NOT NULL AS runs,
+               fm.key AS model_key, fm.group_key AS model_group, fg.key AS group_key
+        FROM locked l {CONTEXT_JOINS.format(r="l")}
+        LEFT JOIN flow_limits fm ON fm.key = 'model:' || m.slug
+        LEFT JOIN flow_limits fg ON fg.key = fm.group_key
+    ), quick_want AS (
+        SELECT w.key, CAST(count(*) AS int) AS calls, min(w.group_key) AS group_key
+        FROM (SELECT model_key AS key, model_group AS group_key FROM ctx
+              WHERE runs AND model_enabled AND model_key IS NOT NULL
+              UNION ALL
+              SELECT group_key, NULL FROM ctx
+              WHERE runs AND model_enabled AND group_key IS NOT NULL) w
+        GROUP BY w.key
+    ), {limits.QUICK_TAKE_SQL}, claimed AS (
+        -- by primary key: no status predicate the planner could take its status index for
+        UPDATE prompt_jobs j SET {CLAIM_SET}
+        WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
+          AND j.id IN (SELECT id FROM ctx WHERE runs) AND (SELECT ok FROM quick_ok)
+        RETURNING j.id
     )
-    SELECT l.id, l.tid, l.status, l.wait, l.lease_left, l.claimable,
-           l.attempt_count + 1 AS attempt_count, l.max_attempts, l.run_index, l.batch_key,
-           (SELECT rows FROM flows) AS flows,
-           {CONTEXT_COLUMNS.format(r="l")}
-    FROM locked l {CONTEXT_JOINS.format(r="l")}
+    SELECT c.*, c.id IN (SELECT id FROM claimed) AS claimed, (SELECT ok FROM quick_ok) AS ok
+    FROM ctx c
     """
 )
 
@@ -71,22 +100,11 @@ _CLAIM_SQL = f"""
     UPDATE prompt_jobs j SET {CLAIM_SET}
     WHERE j.ctid = ANY(CAST(string_to_array(:tids, ' ') AS tid[]))
       AND j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND {CLAIMABLE}
-      {{guard}}
     RETURNING j.id
 """
-_CLAIM = text(_CLAIM_SQL.format(guard=""))
+_CLAIM = text(_CLAIM_SQL)
 # The admission's rows written by the same statement (locked already, by limits.decide_many).
-_TAKE_AND_CLAIM = text(f"WITH take AS ({limits.TAKE_SQL}) {_CLAIM_SQL.format(guard='')}")
-# After a quick admission: the slots taken and the jobs claimed only if the rows still have
-# them; a row of NULL says they did not (nothing claimed, nothing taken).
-_QUICK_TAKE_AND_CLAIM = text(
-    f"""
-    WITH {limits.QUICK_TAKE_SQL}, claimed AS (
-        {_CLAIM_SQL.format(guard="AND (SELECT ok FROM quick_ok)")}
-    )
-    SELECT id FROM claimed UNION ALL SELECT NULL WHERE NOT (SELECT ok FROM quick_ok)
-    """
-)
+_TAKE_AND_CLAIM = text(f"WITH take AS ({limits.TAKE_SQL}) {_CLAIM_SQL}")
 
 
 def _ends_transaction(conn: Conn, last: bool) -> None:
@@ -109,7 +127,7 @@ def _id_list(job_ids: Sequence[uuid.UUID]) -> str:
 
 @dataclass(frozen=True)
 class Locked:
-    """One job of the batch as `lock_batch` found it (locked until the transaction ends)."""
+    """One job of the batch as it was found, locked (`lock_batch`: until the transaction ends)."""
 
     id: uuid.UUID
     tid: str  # where the row is while it stays locked (its ctid)
@@ -121,26 +139,10 @@ class Locked:
     # The job as claiming it would make it (attempt counted); None when its version is missing.
     job: ClaimedJob | None
 
-
-@dataclass
-class LockedBatch:
-    """What `lock_batch` found: the jobs (locked), and the limits rows their admission needs
-    as they were then (not locked; limits.decide_quick's `rows`)."""
-
-    jobs: dict[uuid.UUID, Locked]
-    flows: dict[str, dict[str, Any]]
-
-
-def lock_batch(conn: Conn, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
-    """The jobs among `job_ids` that exist, locked; ids not returned have no job. With them,
-    read in the same statement, the limits rows of the models of the claimable ones."""
-    found: dict[uuid.UUID, Locked] = {}
-    flows: dict[str, dict[str, Any]] = {}
-    for row in conn.execute(_LOCK, {"ids": _id_list(job_ids)}).mappings():
-        if not flows and row["flows"] is not None:
-            flows = limits.flow_rows(row["flows"])
+    @classmethod
+    def of(cls, row: Any) -> Locked:
         missing = row["version_id"] is None
-        found[row["id"]] = Locked(
+        return cls(
             id=row["id"],
             tid=row["tid"],
             status=row["status"],
@@ -150,26 +152,59 @@ def lock_batch(conn: Conn, job_ids: Sequence[uuid.UUID]) -> LockedBatch:
             version_missing=str(row["prompt_version"]) if missing else None,
             job=None if missing else claimed_from_row(row),
         )
-    return LockedBatch(found, flows)
+
+
+def lock_batch(conn: Conn, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Locked]:
+    """The jobs among `job_ids` that exist, locked; ids not returned have no job."""
+    return {
+        row["id"]: Locked.of(row)
+        for row in conn.execute(_LOCK, {"ids": _id_list(job_ids)}).mappings()
+    }
+
+
+@dataclass(frozen=True)
+class QuickClaim:
+    """What `claim_quick` did: every job found (as `lock_batch` finds them), the ones it
+    claimed, and the limits rows each claimed call holds a slot of (its release's keys)."""
+
+    jobs: dict[uuid.UUID, Locked]
+    claimed: set[uuid.UUID]
+    keys: dict[uuid.UUID, tuple[str, ...]]
+
+
+def claim_quick(conn: Conn, job_ids: Sequence[uuid.UUID], lease_seconds: int) -> QuickClaim | None:
+    """Claim every job of `job_ids` that may run, in one statement, when all they need is a
+    free slot and their limits rows have them (the statement is its own transaction: run it
+    on an `autocommit` connection). None: some row asks for more or has too few slots, and
+    nothing was claimed or taken; admit the batch the locked way (lock_batch, limits)."""
+    jobs: dict[uuid.UUID, Locked] = {}
+    claimed: set[uuid.UUID] = set()
+    keys: dict[uuid.UUID, tuple[str, ...]] = {}
+    params = {"ids": _id_list(job_ids), "lease": lease_seconds}
+    for row in conn.execute(_CLAIM_QUICK, params).mappings():
+        if not row["ok"]:
+            return None
+        job = jobs[row["id"]] = Locked.of(row)
+        if row["claimed"]:
+            claimed.add(job.id)
+            if row["model_enabled"]:
+                keys[job.id] = tuple(k for k in (row["group_key"], row["model_key"]) if k)
+    return QuickClaim(jobs, claimed, keys)
 
 
 def claim_batch(
     conn: Conn,
     jobs: Sequence[Locked],
     lease_seconds: int,
-    taken: limits.Taken | limits.Quick | None = None,
+    taken: limits.Taken | None = None,
     *,
     last: bool = False,
-) -> set[uuid.UUID] | None:
+) -> set[uuid.UUID]:
     """Claim jobs `lock_batch` found claimable in this transaction, and write what their
-    admission took (`taken`), one statement; the ids claimed. None: a quick admission whose
-    slots were gone by then; nothing was claimed or taken, admit them the locked way. `last`:
-    nothing follows in the transaction, so its COMMIT goes out with the statement (committed
-    when this returns)."""
-    if isinstance(taken, limits.Quick) and not taken.params["quick_keys"]:
-        taken = None  # no limits rows: nothing to take
+    admission took (`taken`), one statement; the ids claimed. `last`: nothing follows in the
+    transaction, so its COMMIT goes out with the statement (committed when this returns)."""
     if not jobs:
-        if isinstance(taken, limits.Taken):
+        if taken is not None:
             _ends_transaction(conn, last)
             limits.write(conn, taken)
         return set()
@@ -179,9 +214,6 @@ def claim_batch(
         "lease": lease_seconds,
     }
     _ends_transaction(conn, last)
-    if isinstance(taken, limits.Quick):
-        ids = [r[0] for r in conn.execute(_QUICK_TAKE_AND_CLAIM, {**params, **taken.params})]
-        return None if None in ids else set(ids)
     if taken is not None and taken.params:
         return {r[0] for r in conn.execute(_TAKE_AND_CLAIM, {**params, **taken.params})}
     return {r[0] for r in conn.execute(_CLAIM, params)}

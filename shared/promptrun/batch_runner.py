@@ -103,6 +103,20 @@ def _waits(job: ClaimedJob) -> bool:
     )
 
 
+def _demand(group: list[ClaimedJob]) -> limits.Demand:
+    """One demand for a model's jobs in a batch, the largest: what is reserved is what is
+    released."""
+    return max((demand_for(j) for j in group), key=lambda d: (d.tokens, d.cost_usd))
+
+
+def _per_model(jobs: list[ClaimedJob]) -> list[list[ClaimedJob]]:
+    """The jobs per (model, batch), in the order they came."""
+    groups: dict[tuple[str, str], list[ClaimedJob]] = {}
+    for job in jobs:
+        groups.setdefault((job.model_slug, job.batch_key), []).append(job)
+    return list(groups.values())
+
+
 @dataclass
 class BatchRunner:
     engine: Database
@@ -222,49 +236,77 @@ class BatchRunner:
         unrun: dict[uuid.UUID, Outcome],
         broken: list[uuid.UUID],
     ) -> list[_Attempt]:
-        """Lock the jobs, admit and claim them, one transaction; the claimed attempts. The
-        jobs that may not run now are sorted into `waits`, `unrun` and `broken`. Admission is
-        quick first; should the slots it counted on be gone by the claim (nothing was claimed
-        then), its jobs are locked again and admitted with their limits rows locked."""
+        """Claim what may run now; the claimed attempts. The jobs that may not run now are
+        sorted into `waits`, `unrun` and `broken`. Quick first: one statement claims them all
+        when all they need is a free slot (batch_jobs.claim_quick); otherwise, or for jobs
+        holding a turn behind a rate, one transaction locks them, locks and decides their
+        limits rows, and claims the ones admitted."""
         ids = list(pending)
-        for quick in (True, False):
-            with self.engine.begin() as conn:
-                found = batch_jobs.lock_batch(conn, ids)
-                runnable = self._sort(conn, ids, found.jobs, waits, unrun, broken)
-                admitted, taken = self._admit(conn, runnable, pending, waits, found.flows, quick)
-                claimed = batch_jobs.claim_batch(
-                    conn,
-                    [found.jobs[a.job.id] for a in admitted],
-                    self.settings.lease_seconds,
-                    taken,
-                    last=True,
-                )
-            if claimed is not None:
-                return [a for a in admitted if a.job.id in claimed]
-            ids = [a.job.id for a in admitted]
+        if all(hint.turn is None for _, hint in pending.values()):
+            with batch_jobs.autocommit(self.engine) as conn:
+                quick = batch_jobs.claim_quick(conn, ids, self.settings.lease_seconds)
+            if quick is not None:
+                return self._quick_attempts(quick, ids, waits, unrun, broken)
             logger.info(
-                "slots taken meanwhile; admitting with the limits rows locked",
+                "a limit needs more than a free slot; admitting with the limits rows locked",
                 extra={"jobs": len(ids)},
             )
-        raise AssertionError("a claim after a locked admission always answers")
+        with self.engine.begin() as conn:
+            found = batch_jobs.lock_batch(conn, ids)
+            runnable = self._sort(conn, ids, found, waits, unrun, broken)
+            admitted, taken = self._admit(conn, runnable, pending, waits)
+            claimed = batch_jobs.claim_batch(
+                conn,
+                [found[a.job.id] for a in admitted],
+                self.settings.lease_seconds,
+                taken,
+                last=True,
+            )
+        return [a for a in admitted if a.job.id in claimed]
+
+    def _quick_attempts(
+        self,
+        quick: batch_jobs.QuickClaim,
+        ids: list[uuid.UUID],
+        waits: dict[uuid.UUID, RetryLater],
+        unrun: dict[uuid.UUID, Outcome],
+        broken: list[uuid.UUID],
+    ) -> list[_Attempt]:
+        """The attempts of a quick claim, each holding a slot of its model's rows (and
+        reserving its demand, as an admission does); the rest sorted as _claim says."""
+        if any(not j.claimable for j in quick.jobs.values()):  # decided on the rows as found
+            with self.engine.begin() as conn:
+                runnable = self._sort(conn, ids, quick.jobs, waits, unrun, broken)
+        else:
+            runnable = self._sort(None, ids, quick.jobs, waits, unrun, broken)
+        attempts = []
+        for group in _per_model([j for j in runnable if j.id in quick.claimed]):
+            demand = _demand(group)
+            for job in group:
+                keys = quick.keys.get(job.id)
+                lease = None if keys is None else limits.Lease(keys, (), demand)
+                attempts.append(_Attempt(job, lease))
+        return attempts
 
     def _sort(
         self,
-        conn: Conn,
+        conn: Conn | None,
         ids: list[uuid.UUID],
         found: dict[uuid.UUID, Locked],
         waits: dict[uuid.UUID, RetryLater],
         unrun: dict[uuid.UUID, Outcome],
         broken: list[uuid.UUID],
-    ) -> list[Locked]:
-        """The jobs that may be claimed now; the others sorted as _claim says."""
-        runnable: list[Locked] = []
+    ) -> list[ClaimedJob]:
+        """The jobs that may be claimed now; the others sorted as _claim says (`conn`: for
+        the ones not claimable, whose worker may have died holding their last attempt)."""
+        runnable: list[ClaimedJob] = []
         for job_id in ids:
             locked = found.get(job_id)
             if locked is None:
                 logger.warning("no such job; message dropped", extra={"job_id": str(job_id)})
                 unrun[job_id] = Outcome.SKIPPED
             elif not locked.claimable:
+                assert conn is not None
                 outcome, wait = unclaimable(conn, job_id, locked)
                 if wait is not None:
                     waits[job_id] = wait
@@ -277,47 +319,35 @@ class BatchRunner:
                 )
                 broken.append(job_id)
             else:
-                runnable.append(locked)
+                runnable.append(locked.job)
         return runnable
 
     def _admit(
         self,
         conn: Conn,
-        runnable: list[Locked],
+        runnable: list[ClaimedJob],
         pending: dict[uuid.UUID, tuple[Record, Hint]],
         waits: dict[uuid.UUID, RetryLater],
-        flows: dict[str, dict[str, Any]],
-        quick: bool,
-    ) -> tuple[list[_Attempt], limits.Taken | limits.Quick | None]:
-        """Admit the jobs per (model, batch, turn) in this transaction: those beyond what
-        their limits allow now are left queued, with the reason written on them. What the
-        admitted took is written with their claim (batch_jobs.claim_batch). `quick`: on the
-        snapshot `flows` if it allows them all (limits.decide_quick)."""
+    ) -> tuple[list[_Attempt], limits.Taken | None]:
+        """Admit the jobs per (model, batch, turn) in this transaction, with their limits
+        rows locked: those beyond what their limits allow now are left queued, with the
+        reason written on them. What the admitted took is written with their claim
+        (batch_jobs.claim_batch)."""
         admitted: list[_Attempt] = []
         groups: dict[tuple[str, str, float | None], list[ClaimedJob]] = {}
-        for locked in runnable:
-            job = locked.job
-            assert job is not None
+        for job in runnable:
             if not job.model_enabled:  # claimed, then skipped without a call (JobRunner's way)
                 admitted.append(_Attempt(job, None))
                 continue
             turn = pending[job.id][1].turn
             groups.setdefault((job.model_slug, job.batch_key, turn), []).append(job)
         ordered = sorted(groups.items(), key=lambda g: g[0][:2])
-        # One demand per group, the largest: what is reserved is what is released.
-        demands = [
-            max((demand_for(j) for j in group), key=lambda d: (d.tokens, d.cost_usd))
-            for _, group in ordered
-        ]
+        demands = [_demand(group) for _, group in ordered]
         requests = [
             limits.Request(slug, batch_key, len(group), demand, turn=turn)
             for ((slug, batch_key, turn), group), demand in zip(ordered, demands, strict=True)
         ]
-        taken: limits.Taken | limits.Quick | None = None
-        if requests:
-            taken = (limits.decide_quick(requests, flows) if quick else None) or (
-                limits.decide_many(conn, requests)
-            )
+        taken = limits.decide_many(conn, requests) if requests else None
         admissions = taken.admissions if taken is not None else []
         for (_, group), demand, admission in zip(ordered, demands, admissions, strict=True):
             lease = limits.Lease.of(admission, demand)

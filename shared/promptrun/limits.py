@@ -20,10 +20,11 @@ An admission is one transaction: the rows of the model and its group locked in k
 the grant computed here, one UPDATE of those rows. O(1) statements, however many calls are
 in flight. `admit` grants up to `wanted` jobs of one model at once (a whole SQS batch).
 
-The quick admission (`decide_quick`, for a whole batch) locks nothing while it decides: when
-all its jobs need is a free slot, it decides on a snapshot of the rows, and the statement
-that claims the jobs takes the slots (relative updates) only if a check on the rows, locked
-for that statement alone, still finds them free; otherwise the batch takes the locked way.
+The quick admission (QUICK_TAKE_SQL, for a whole batch) is decided inside the statement
+that claims the jobs: when all they need is a free slot, the rows are locked for that
+statement alone, checked, and the slots taken as relative updates; when a row asks for more
+(a rate, a budget, a pause) or has too few slots, nothing is claimed and the batch takes the
+locked way above.
 """
 
 from __future__ import annotations
@@ -148,55 +149,6 @@ _LOCK_ROWS = text(
     FROM flow_limits c WHERE c.key = 'catalog'
     """
 )
-# The same rows as _LOCK_ROWS, read and not locked, as one JSON document, for a statement
-# that reads them beside other rows (promptrun.batch_jobs): its `flow_keys` CTE names the
-# models' keys. What decide_quick looks at; money as text, so that it stays exact.
-FLOWS_SQL = """
-    WITH l AS (
-        SELECT * FROM flow_limits
-        WHERE key IN (SELECT key FROM flow_keys)
-           OR key IN (SELECT group_key FROM flow_limits WHERE key IN (SELECT key FROM flow_keys))
-    ), r AS (
-        SELECT to_jsonb(l) || jsonb_build_object(
-                   'budget_batch_usd', l.budget_batch_usd::text,
-                   'budget_day_usd', l.budget_day_usd::text) AS row
-        FROM l
-        UNION ALL
-        SELECT to_jsonb(c) || jsonb_build_object(
-                   'budget_batch_usd', c.budget_batch_usd::text,
-                   'budget_day_usd', c.budget_day_usd::text)
-        FROM flow_limits c WHERE c.key = 'catalog'
-    )
-    SELECT jsonb_build_object(
-        'rows', (SELECT coalesce(jsonb_agg(row), '[]') FROM r),
-        'now_s', EXTRACT(EPOCH FROM clock_timestamp())::float8,
-        'today', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD')) AS rows
-"""
-
-
-_FLOAT_COLUMNS = (
-    "request_tat",
-    "token_tat",
-    "queue_tat",
-    "rate_factor",
-    "decreased_at",
-    "recounted_at",
-)
-
-
-def flow_rows(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """FLOWS_SQL's document as decide_quick's `rows`: key -> row, as _LOCK_ROWS gives it."""
-    rows = {}
-    for row in document["rows"]:
-        for money in ("budget_batch_usd", "budget_day_usd"):
-            if row[money] is not None:
-                row[money] = Decimal(row[money])
-        for clock in _FLOAT_COLUMNS:  # JSON writes 0.0 as 0
-            row[clock] = float(row[clock])
-        rows[row["key"]] = {**row, "now_s": document["now_s"], "today": document["today"]}
-    return rows
-
-
 _RECOUNT = text(
     """
     SELECT count(*) FROM prompt_jobs j
@@ -501,35 +453,11 @@ def _add_spend(conn: Conn, periods: Sequence[tuple[str, str]], amount: Decimal) 
     )
 
 
-# --- the quick admission: free slots only, no row locked while deciding ------------------------
+# --- the quick admission: free slots only, decided in the claiming statement -------------------
 
-
-@dataclass(frozen=True)
-class Quick:
-    """Admissions in full decided on a snapshot of the rows (decide_quick), not written yet:
-    QUICK_TAKE_SQL, run with `params` in the statement that claims the jobs, takes the slots
-    if its check on the locked rows still passes, and takes nothing otherwise."""
-
-    admissions: list[Admission]
-    params: dict[str, list[Any]]
-
-
-def _quick_row(row: dict[str, Any], calls: int) -> bool:
-    """A row that grants `calls` more calls now for a free slot alone: QUICK_ROW_SQL's test."""
-    return (
-        not row["paused"]
-        and row["rpm"] is None
-        and row["tpm"] is None
-        and row["budget_batch_usd"] is None
-        and row["budget_day_usd"] is None
-        and row["request_tat"] <= row["now_s"]
-        and row["token_tat"] <= row["now_s"]
-        and (row["max_concurrency"] is None or row["in_flight"] + calls <= row["max_concurrency"])
-    )
-
-
-# _quick_row on a locked row `r` against its want `w` (key, calls, group key seen).
-QUICK_ROW_SQL = """
+# A locked row `r` that grants its want `w` (key, calls, group key the claim read) now for a
+# free slot alone: no pause, rate, budget or provider's Retry-After, and room for the calls.
+_QUICK_ROW_SQL = """
     NOT r.paused AND r.rpm IS NULL AND r.tpm IS NULL
     AND r.budget_batch_usd IS NULL AND r.budget_day_usd IS NULL
     AND r.request_tat <= EXTRACT(EPOCH FROM clock_timestamp())
@@ -537,21 +465,19 @@ QUICK_ROW_SQL = """
     AND (r.max_concurrency IS NULL OR r.in_flight + w.calls <= r.max_concurrency)
     AND r.group_key IS NOT DISTINCT FROM w.group_key
 """
-# CTEs for a statement that claims the admitted jobs only `WHERE (SELECT ok FROM quick_ok)`:
-# the rows locked in key order for the length of that statement, checked, and their slots
-# taken as relative updates (nothing else about them changes). A row gone, a group changed,
-# a rate, budget or pause set, or too few free slots since the snapshot: ok is false and
-# nothing is taken.
+# CTEs for a statement that defines `quick_want` (key, calls, group_key: the rows of the
+# models and groups its jobs need, and how many calls each) and claims its jobs only
+# `WHERE (SELECT ok FROM quick_ok)`: the rows locked in key order for the length of that
+# statement, checked, and their slots taken as relative updates (nothing else about them
+# changes). A row missing or changed, one that needs the locked way (the catalogue's budgets
+# included), or too few free slots: ok is false and nothing is taken.
 QUICK_TAKE_SQL = f"""
-    quick_want AS (
-        SELECT * FROM unnest(CAST(:quick_keys AS text[]), CAST(:quick_calls AS int[]),
-                             CAST(:quick_groups AS text[])) AS w(key, calls, group_key)
-    ), quick_rows AS MATERIALIZED (
+    quick_rows AS MATERIALIZED (
         SELECT f.* FROM flow_limits f WHERE f.key IN (SELECT key FROM quick_want)
         ORDER BY f.key FOR UPDATE
     ), quick_ok AS MATERIALIZED (
         SELECT count(*) = (SELECT count(*) FROM quick_want)
-               AND coalesce(bool_and({QUICK_ROW_SQL}), true)
+               AND coalesce(bool_and({_QUICK_ROW_SQL}), true)
                AND NOT EXISTS (SELECT 1 FROM flow_limits c WHERE c.key = 'catalog'
                                AND (c.budget_batch_usd IS NOT NULL OR c.budget_day_usd IS NOT NULL))
                AS ok
@@ -561,40 +487,6 @@ QUICK_TAKE_SQL = f"""
         FROM quick_want w WHERE f.key = w.key AND (SELECT ok FROM quick_ok)
     )
 """
-
-
-def decide_quick(requests: Sequence[Request], rows: dict[str, dict[str, Any]]) -> Quick | None:
-    """Every request granted in full, on `rows`, a snapshot of their limits rows (flow_rows),
-    when all they need is a free slot: no row with a rate, a pushed-back start (Retry-After),
-    a budget or a pause, no turn to wait for, and room for all their calls. None: decide
-    them the locked way (decide_many). Nothing is locked while deciding, so models busy at
-    thousands of calls a second do not queue on their rows; a rated model never runs that fast."""
-    catalog = rows.get(CATALOG_KEY)
-    if catalog is not None and (
-        catalog["budget_batch_usd"] is not None or catalog["budget_day_usd"] is not None
-    ):
-        return None
-    calls: Counter[str] = Counter()
-    admissions = []
-    for request in requests:
-        if request.turn is not None:
-            return None
-        model = rows.get(model_key(request.model_slug))
-        group = rows.get(model["group_key"]) if model and model["group_key"] else None
-        keys = tuple(sorted(r["key"] for r in (model, group) if r is not None))
-        for key in keys:
-            calls[key] += request.wanted
-        admissions.append(Admission(granted=request.wanted, keys=keys))
-    if not all(_quick_row(rows[key], n) for key, n in calls.items()):
-        return None
-    return Quick(
-        admissions,
-        {
-            "quick_keys": list(calls),
-            "quick_calls": list(calls.values()),
-            "quick_groups": [rows[key]["group_key"] for key in calls],
-        },
-    )
 
 
 # --- after the call ----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import Engine, text
 
 from promptrun import batch_jobs
@@ -40,26 +39,26 @@ def _plan(engine: Engine, sql: str, params: dict[str, object]) -> str:
         return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + sql), params))
 
 
-@pytest.mark.parametrize("quick", [False, True], ids=["locked admission", "quick admission"])
-def test_the_claim_reads_its_rows_by_tuple_id(
-    engine: Engine, settings: Settings, quick: bool
-) -> None:
+def test_the_claim_reads_its_rows_by_tuple_id(engine: Engine, settings: Settings) -> None:
     jobs = _stale_statistics(engine, settings)
-    claim = batch_jobs._QUICK_TAKE_AND_CLAIM if quick else batch_jobs._CLAIM
     plan = _plan(
         engine,
-        claim.text,
-        {
-            "ids": ",".join(i for i, _ in jobs),
-            "tids": " ".join(t for _, t in jobs),
-            "lease": 60,
-            "quick_keys": ["model:m0"],
-            "quick_calls": [len(jobs)],
-            "quick_groups": [None],
-        },
+        batch_jobs._CLAIM.text,
+        {"ids": ",".join(i for i, _ in jobs), "tids": " ".join(t for _, t in jobs), "lease": 60},
     )
     assert "Tid Scan on prompt_jobs" in plan, plan
     assert "ix_prompt_jobs_live" not in plan, plan
+
+
+def test_the_quick_claim_reads_its_rows_by_key(engine: Engine, settings: Settings) -> None:
+    jobs = _stale_statistics(engine, settings)
+    plan = _plan(
+        engine, batch_jobs._CLAIM_QUICK.text, {"ids": ",".join(i for i, _ in jobs), "lease": 60}
+    )
+    claim = plan[plan.index("CTE claimed") :]  # the UPDATE that claims them
+    assert "Index Scan on pk_prompt_jobs" in claim, plan
+    assert "ix_prompt_jobs_live" not in plan, plan
+    assert "Seq Scan on prompt_jobs" not in plan, plan
 
 
 def test_the_finishing_statement_reads_its_jobs_by_key(engine: Engine, settings: Settings) -> None:

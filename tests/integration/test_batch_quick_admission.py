@@ -1,13 +1,11 @@
-"""The batch's quick admission against real PostgreSQL: decided on a snapshot of the limits
-rows, which nothing locks meanwhile, and taken by the claim only if the rows, locked by that
-statement, still have the slots; otherwise nothing is taken and the batch is admitted with
-its rows locked, on what they hold then."""
+"""The batch's quick claim against real PostgreSQL (batch_jobs.claim_quick): one statement
+locks the jobs and their limits rows, and takes the slots and claims the jobs when all they
+need is a free slot; when a row asks for more or has too few slots, it takes and claims
+nothing, and the batch is admitted with its limits rows locked."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -27,8 +25,9 @@ limit_groups:
 models:
   - {slug: a, provider: offline, model: a-1, max_concurrency: 5}
   - {slug: b, provider: offline, model: b-1, limit_group: org}
+  - {slug: dis, provider: offline, model: d-1, enabled: false}
 prompts:
-  - {slug: p, text: "Which CRM?", schedule: daily, runs: 2}
+  - {slug: p, text: "Which CRM?", schedule: daily, runs: 2, models: [a, b]}
 """
 
 
@@ -37,111 +36,110 @@ def in_flight(engine: Engine) -> dict[str, int]:
         return {k: n for k, n in conn.execute(text("SELECT key, in_flight FROM flow_limits"))}
 
 
-def meanwhile(engine: Engine, sql: str) -> None:
-    """Another session changes the rows; it must not wait for the batch's transaction."""
+def change(engine: Engine, sql: str) -> None:
     with engine.begin() as conn:
-        conn.execute(text("SET LOCAL lock_timeout = '2s'"))
         conn.execute(text(sql))
 
 
-def quick_claim(engine: Engine, settings: Settings, change: str | None) -> set[Any] | None:
-    """Lock the batch, admit it quick, let `change` happen, claim; what the claim answered."""
-    ids = job_ids(engine)
-    with engine.begin() as conn:
-        batch = batch_jobs.lock_batch(conn, ids)
-        per_model = Counter(j.job.model_slug for j in batch.jobs.values() if j.job)
-        requests = [
-            limits.Request(s, "b", n, limits.Demand()) for s, n in sorted(per_model.items())
-        ]
-        quick = limits.decide_quick(requests, batch.flows)
-        assert quick is not None
-        if change is not None:
-            meanwhile(engine, change)
-        return batch_jobs.claim_batch(
-            conn, list(batch.jobs.values()), settings.lease_seconds, quick, last=True
-        )
+def claim(pool: Pool, engine: Engine, settings: Settings) -> batch_jobs.QuickClaim | None:
+    with batch_jobs.autocommit(pool) as conn:
+        return batch_jobs.claim_quick(conn, job_ids(engine), settings.lease_seconds)
 
 
-def test_a_quick_claim_takes_its_slots_on_top_of_the_rows_as_they_are_by_then(
-    engine: Engine, settings: Settings
+def test_a_quick_claim_takes_the_slots_of_its_models_and_groups_on_top_of_theirs(
+    engine: Engine, pool: Pool, settings: Settings
 ) -> None:
     sync(engine, CATALOGUE)
     fan_out(engine, settings)
-    claimed = quick_claim(
-        engine, settings, "UPDATE flow_limits SET in_flight = 3 WHERE key = 'model:a'"
-    )
-    assert claimed == set(job_ids(engine))
+    change(engine, "UPDATE flow_limits SET in_flight = 3 WHERE key = 'model:a'")
+    quick = claim(pool, engine, settings)
+    assert quick is not None
+    ids = job_ids(engine)
+    assert quick.claimed == set(ids) == set(quick.jobs)
     assert statuses(engine) == {"processing": 4}
-    assert in_flight(engine) == {"model:a": 5, "model:b": 2, "group:org": 2, "catalog": 0}
+    assert in_flight(engine) == {
+        "model:a": 5,
+        "model:b": 2,
+        "group:org": 2,
+        "model:dis": 0,
+        "catalog": 0,
+    }
+    keys = Counter(quick.keys.values())
+    assert keys == {("model:a",): 2, ("group:org", "model:b"): 2}
+    # delivered again: nothing claimable, nothing taken
+    again = claim(pool, engine, settings)
+    assert again is not None and again.claimed == set()
+    assert {j.status for j in again.jobs.values()} == {"processing"}
+    assert in_flight(engine)["model:a"] == 5
 
 
 @pytest.mark.parametrize(
-    "change",
+    "sql",
     [
         "UPDATE flow_limits SET in_flight = 4 WHERE key = 'model:a'",  # 4 + 2 > 5
+        "UPDATE flow_limits SET in_flight = 99 WHERE key = 'group:org'",  # 99 + 2 > 100
         "UPDATE flow_limits SET paused = true WHERE key = 'model:b'",
         "UPDATE flow_limits SET rpm = 60 WHERE key = 'group:org'",
-        "UPDATE flow_limits SET group_key = NULL WHERE key = 'model:b'",
-        "UPDATE flow_limits SET request_tat = 4e9 WHERE key = 'model:a'",
+        "UPDATE flow_limits SET tpm = 90000 WHERE key = 'model:a'",
+        "UPDATE flow_limits SET budget_batch_usd = 1 WHERE key = 'model:a'",
         "UPDATE flow_limits SET budget_day_usd = 1 WHERE key = 'catalog'",
+        "UPDATE flow_limits SET request_tat = 4e9 WHERE key = 'model:a'",  # a Retry-After
+        "UPDATE flow_limits SET token_tat = 4e9 WHERE key = 'group:org'",
     ],
-    ids=["slots gone", "paused", "rate set", "group changed", "retry-after", "budget set"],
+    ids=[
+        "model slots",
+        "group slots",
+        "paused",
+        "rpm",
+        "tpm",
+        "batch budget",
+        "catalogue budget",
+        "retry-after",
+        "token wait",
+    ],
 )
-def test_a_quick_claim_whose_rows_changed_claims_and_takes_nothing(
-    engine: Engine, settings: Settings, change: str
+def test_a_row_that_needs_more_than_a_free_slot_gets_nothing_claimed_or_taken(
+    engine: Engine, pool: Pool, settings: Settings, sql: str
 ) -> None:
     sync(engine, CATALOGUE)
     fan_out(engine, settings)
+    change(engine, sql)
     before = in_flight(engine)
-    assert quick_claim(engine, settings, change) is None
+    assert claim(pool, engine, settings) is None
     assert statuses(engine) == {"queued": 4}
-    after = in_flight(engine)
-    changed = {"model:a": 4} if "in_flight" in change else {}
-    assert after == {**before, **changed}
+    assert in_flight(engine) == before
 
 
-def around_first_claim(
-    monkeypatch: pytest.MonkeyPatch, before: Callable[[], None]
-) -> list[type[object]]:
-    """Runs `before` once, just ahead of the first claim; records each claim's admission kind."""
-    claim = batch_jobs.claim_batch
-    kinds: list[type[object]] = []
-
-    def wrapped(conn: Any, jobs: Any, lease: int, taken: Any = None, **kw: Any) -> Any:
-        if not kinds:
-            before()
-        kinds.append(type(taken))
-        return claim(conn, jobs, lease, taken, **kw)
-
-    monkeypatch.setattr(batch_jobs, "claim_batch", wrapped)
-    return kinds
+def test_jobs_that_need_no_slot_are_claimed_without_one(
+    engine: Engine, pool: Pool, settings: Settings
+) -> None:
+    sync(engine, CATALOGUE.replace("models: [a, b]", "models: [a, b, dis]"))
+    fan_out(engine, settings)
+    change(engine, "UPDATE models SET enabled = false WHERE slug = 'b'")
+    change(engine, "DELETE FROM flow_limits WHERE key = 'model:a'")  # synced before limits
+    quick = claim(pool, engine, settings)
+    assert quick is not None and len(quick.claimed) == 4
+    assert quick.keys == {j: () for j in job_ids(engine, "m.slug = 'a'")}  # no row, no slot
+    assert in_flight(engine) == {"model:b": 0, "group:org": 0, "catalog": 0, "model:dis": 0}
 
 
-def test_a_batch_outrun_between_its_quick_admission_and_its_claim_is_admitted_locked(
-    engine: Engine,
-    pool: Pool,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+def test_a_batch_whose_limits_need_more_is_admitted_with_its_rows_locked(
+    engine: Engine, pool: Pool, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     sync(engine, CATALOGUE)
     fan_out(engine, settings)
     ids = job_ids(engine, "m.slug = 'a'")  # 2 jobs of a model with 5 slots
-    kinds = around_first_claim(
-        monkeypatch,
-        lambda: meanwhile(
-            engine,
-            # 4 calls of other processors, counted just now (no recount for a while)
-            "UPDATE flow_limits SET in_flight = 4, "
-            "recounted_at = EXTRACT(EPOCH FROM clock_timestamp()) WHERE key = 'model:a'",
-        ),
+    # 4 calls of other processors, counted just now (no recount for a while)
+    change(
+        engine,
+        "UPDATE flow_limits SET in_flight = 4, "
+        "recounted_at = EXTRACT(EPOCH FROM clock_timestamp()) WHERE key = 'model:a'",
     )
     result = BatchRunner(pool, settings, None).run(
         [Record(f"m{i}", body(j)) for i, j in enumerate(ids)]
     )
-    # the locked way, on the rows as they are then: one slot left, so one job runs
-    assert kinds == [limits.Quick, limits.Taken]
     assert "admitting with the limits rows locked" in caplog.text
+    # the locked way: one slot left, so one job runs and the other waits for a slot
     assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 1}
     assert len(result.failed) == 1  # no queue to send the held one back to: it comes back
     with engine.connect() as conn:
@@ -151,3 +149,17 @@ def test_a_batch_outrun_between_its_quick_admission_and_its_claim_is_admitted_lo
         ).scalar_one()
     assert waiting.startswith(limits.SLOT_REASON)
     assert in_flight(engine)["model:a"] == 4  # its own slot released; the 4 are not its own
+
+
+def test_a_quick_batch_releases_what_it_took(
+    engine: Engine, pool: Pool, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    sync(engine, CATALOGUE)
+    fan_out(engine, settings)
+    result = BatchRunner(pool, settings, None).run(
+        [Record(f"m{i}", body(j)) for i, j in enumerate(job_ids(engine))]
+    )
+    assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 4}
+    assert "admitting with the limits rows locked" not in caplog.text
+    assert set(in_flight(engine).values()) == {0}
+    assert statuses(engine) == {"succeeded": 4}

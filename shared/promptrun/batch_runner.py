@@ -272,8 +272,9 @@ class BatchRunner:
         unrun: dict[uuid.UUID, Outcome],
         broken: list[uuid.UUID],
     ) -> list[_Attempt]:
-        """The attempts of a quick claim, each holding a slot of its model's rows (and
-        reserving its demand, as an admission does); the rest sorted as _claim says."""
+        """The attempts of a quick claim, each holding a slot of its model's and group's rows
+        (its release frees them; its demand, as an admission's, is what the release reconciles
+        the usage with); the rest sorted as _claim says."""
         if any(not j.claimable for j in quick.jobs.values()):  # decided on the rows as found
             with self.engine.begin() as conn:
                 runnable = self._sort(conn, ids, quick.jobs, waits, unrun, broken)

@@ -476,10 +476,12 @@ QUICK_TAKE_SQL = f"""
         SELECT f.* FROM flow_limits f WHERE f.key IN (SELECT key FROM quick_want)
         ORDER BY f.key FOR UPDATE
     ), quick_ok AS MATERIALIZED (
-        SELECT count(*) = (SELECT count(*) FROM quick_want)
-               AND coalesce(bool_and({_QUICK_ROW_SQL}), true)
-               AND NOT EXISTS (SELECT 1 FROM flow_limits c WHERE c.key = 'catalog'
-                               AND (c.budget_batch_usd IS NOT NULL OR c.budget_day_usd IS NOT NULL))
+        SELECT NOT EXISTS (SELECT 1 FROM quick_want)  -- no slot wanted: nothing to check
+               OR (count(*) = (SELECT count(*) FROM quick_want)
+                   AND coalesce(bool_and({_QUICK_ROW_SQL}), true)
+                   AND NOT EXISTS (SELECT 1 FROM flow_limits c WHERE c.key = 'catalog'
+                                   AND (c.budget_batch_usd IS NOT NULL
+                                        OR c.budget_day_usd IS NOT NULL)))
                AS ok
         FROM quick_rows r JOIN quick_want w ON w.key = r.key
     ), quick_take AS (

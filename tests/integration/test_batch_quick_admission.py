@@ -66,7 +66,8 @@ def test_a_quick_claim_takes_the_slots_of_its_models_and_groups_on_top_of_theirs
     }
     keys = Counter(quick.keys.values())
     assert keys == {("model:a",): 2, ("group:org", "model:b"): 2}
-    # delivered again: nothing claimable, nothing taken
+    # delivered again: nothing claimable, nothing taken, nothing to check (a budget no matter)
+    change(engine, "UPDATE flow_limits SET budget_day_usd = 1 WHERE key = 'catalog'")
     again = claim(pool, engine, settings)
     assert again is not None and again.claimed == set()
     assert {j.status for j in again.jobs.values()} == {"processing"}

@@ -30,11 +30,25 @@ def _int_env(env: dict[str, str], name: str, default: int, low: int, high: int) 
     return value
 
 
+def _bool_env(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
     database_secret_arn: str | None = None
     database_host: str | None = None  # overrides the URL's or secret's host (RDS Proxy)
+    # The processor's statements prepared once per connection (named): false behind a proxy
+    # that multiplexes transactions (RDS Proxy pins sessions with named statements).
+    prepared_statements: bool = True
     jobs_queue_url: str | None = None
     jobs_dlq_url: str | None = None
     fanout_queue_url: str | None = None  # the fan-out's continuation queue (optional)
@@ -75,6 +89,7 @@ class Settings:
             database_url=database_url,
             database_secret_arn=env.get("DATABASE_SECRET_ARN") or None,
             database_host=env.get("DATABASE_HOST") or None,
+            prepared_statements=_bool_env(env, "DATABASE_PREPARED_STATEMENTS", True),
             jobs_queue_url=queue_url,
             jobs_dlq_url=dlq_url,
             fanout_queue_url=fanout_queue_url,

@@ -3,16 +3,22 @@
 Right after a fan-out every job is `queued`, so ANALYZE records no `processing` job and the
 planner would take the partial status index as the most selective path for a predicate on
 `processing`, then walk every live job in it. The claim and the finishing statement must not:
-these plans are read from EXPLAIN on exactly that state."""
+these plans are read from EXPLAIN on exactly that state: the plan made for the values given
+(an unnamed statement's), and the generic plan a prepared statement settles on after its
+first executions (DATABASE_PREPARED_STATEMENTS), made with no values at all."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from sqlalchemy import Engine, text
 
-from promptrun import batch_jobs
+from promptrun import batch_jobs, limits
+from promptrun.db.pool import Pool
+from promptrun.db.sql import Sql
 from promptrun.fanout import FanoutRequest, create_jobs
 from promptrun.settings import Settings
 from tests.conftest import sync
@@ -34,34 +40,56 @@ def _stale_statistics(engine: Engine, settings: Settings) -> list[tuple[str, str
         ]
 
 
-def _plan(engine: Engine, sql: str, params: dict[str, object]) -> str:
-    with engine.begin() as conn:
-        return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + sql), params))
+@pytest.fixture(params=["custom", "generic"])
+def plan_of(request: pytest.FixtureRequest, engine: Engine, pool: Pool):  # type: ignore[no-untyped-def]
+    """EXPLAIN of a statement with these values: planned for them, or the generic plan."""
+
+    def custom(sql: Sql, params: dict[str, object]) -> str:
+        with engine.begin() as conn:
+            return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + sql.text), params))
+
+    def generic(sql: Sql, params: dict[str, object]) -> str:
+        # EXECUTE takes no protocol parameters (a utility statement): the values as literals
+        values = ", ".join("'" + str(v).replace("'", "''") + "'" for v in sql.values(params))
+        with pool.begin() as conn:
+            dbapi = conn.dbapi
+            dbapi.execute_simple("SET LOCAL plan_cache_mode = force_generic_plan")
+            dbapi.execute_simple(f"PREPARE plan_probe AS {sql.positional}")
+            try:
+                done = dbapi.execute_simple(f"EXPLAIN EXECUTE plan_probe({values})")
+                return "\n".join(r[0] for r in done.rows or [])
+            finally:
+                dbapi.execute_simple("DEALLOCATE plan_probe")
+
+    return custom if request.param == "custom" else generic
 
 
-def test_the_claim_reads_its_rows_by_tuple_id(engine: Engine, settings: Settings) -> None:
+def test_the_claim_reads_its_rows_by_tuple_id(
+    engine: Engine, settings: Settings, plan_of: Any
+) -> None:
     jobs = _stale_statistics(engine, settings)
-    plan = _plan(
-        engine,
-        batch_jobs._CLAIM.text,
+    plan = plan_of(
+        batch_jobs._CLAIM,
         {"ids": ",".join(i for i, _ in jobs), "tids": " ".join(t for _, t in jobs), "lease": 60},
     )
     assert "Tid Scan on prompt_jobs" in plan, plan
     assert "ix_prompt_jobs_live" not in plan, plan
 
 
-def test_the_quick_claim_reads_its_rows_by_key(engine: Engine, settings: Settings) -> None:
+def test_the_quick_claim_reads_its_rows_by_key(
+    engine: Engine, settings: Settings, plan_of: Any
+) -> None:
     jobs = _stale_statistics(engine, settings)
-    plan = _plan(
-        engine, batch_jobs._CLAIM_QUICK.text, {"ids": ",".join(i for i, _ in jobs), "lease": 60}
-    )
+    plan = plan_of(batch_jobs._CLAIM_QUICK, {"ids": ",".join(i for i, _ in jobs), "lease": 60})
     claim = plan[plan.index("CTE claimed") :]  # the UPDATE that claims them
     assert "Index Scan on pk_prompt_jobs" in claim, plan
     assert "ix_prompt_jobs_live" not in plan, plan
     assert "Seq Scan on prompt_jobs" not in plan, plan
 
 
-def test_the_finishing_statement_reads_its_jobs_by_key(engine: Engine, settings: Settings) -> None:
+def test_the_finishing_statement_reads_its_jobs_by_key(
+    engine: Engine, settings: Settings, plan_of: Any
+) -> None:
     jobs = _stale_statistics(engine, settings)
     with engine.begin() as conn:  # claimed since the statistics were taken
         conn.execute(
@@ -78,6 +106,8 @@ def test_the_finishing_statement_reads_its_jobs_by_key(engine: Engine, settings:
         "responses": "[]",
         "mentions": "[]",
     }
-    plan = _plan(engine, batch_jobs._COMPLETE.text, params)
+    plan = plan_of(
+        batch_jobs._COMPLETE_AND_RELEASE, {**params, **(limits.release_done_params([]) or {})}
+    )
     assert "pk_prompt_jobs" in plan, plan
     assert "ix_prompt_jobs_live" not in plan, plan

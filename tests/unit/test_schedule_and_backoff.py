@@ -69,6 +69,10 @@ def test_settings_name_the_variable() -> None:
         Settings.from_env({"MAX_ATTEMPTS": "lots"})
     with pytest.raises(ConfigError, match="LEASE_SECONDS"):
         Settings.from_env({"LEASE_SECONDS": "1"})
+    with pytest.raises(ConfigError, match="DATABASE_PREPARED_STATEMENTS must be true or false"):
+        Settings.from_env({"DATABASE_PREPARED_STATEMENTS": "sometimes"})
+    assert Settings.from_env({}).prepared_statements is True
+    assert Settings.from_env({"DATABASE_PREPARED_STATEMENTS": "False"}).prepared_statements is False
     with pytest.raises(ConfigError, match="DATABASE_URL or DATABASE_SECRET_ARN"):
         Settings.from_env({}).require("database")
     with pytest.raises(ConfigError, match="API_TOKEN"):

@@ -149,6 +149,13 @@ def test_the_status_function_uses_the_read_only_database_secret(template: dict[s
     assert {"Ref": "DatabaseSecretArn"} not in secrets
 
 
+def test_behind_the_rds_proxy_no_statement_is_prepared(template: dict[str, Any]) -> None:
+    # RDS Proxy pins a session that prepares named statements: the proxy's whole point lost.
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["DATABASE_PREPARED_STATEMENTS"] == {"Fn::If": ["UseRdsProxy", "false", "true"]}
+    assert env["DATABASE_HOST"]["Fn::If"][0] == "UseRdsProxy"
+
+
 def test_the_status_function_does_not_trace_response_bodies(template: dict[str, Any]) -> None:
     env = resources(template)["StatusFunction"]["Properties"]["Environment"]["Variables"]
     assert env["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"

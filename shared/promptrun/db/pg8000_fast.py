@@ -12,8 +12,12 @@ the SQL text character by character on every call to turn `%s` into `$n`. Here:
 - The `%s` -> `$n` conversion is remembered per SQL text (the texts are a fixed set).
 - TCP_NODELAY: a statement larger than the socket buffer leaves in several writes, and Nagle's
   algorithm would hold the last one for the server's delayed ACK (about 40 ms each time).
-
-Statements stay unnamed, so nothing is prepared server-side: nothing for RDS Proxy to pin.
+- `execute_prepared`: a statement parsed once per connection under a name of its own, then
+  only bound and executed: the server skips parsing, analysing and (once it settles on a
+  generic plan) planning, which cost more than executing the processor's batch statements.
+  Named statements are session state: behind a proxy that multiplexes transactions (RDS
+  Proxy pins such a session; PgBouncer in transaction mode loses them) use `execute_unnamed`,
+  which prepares nothing server-side.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ from pg8000.exceptions import InterfaceError
 _BEGIN = "begin transaction"
 _COMMIT = "commit"
 _POSITIONAL = ("numeric", "qmark", "format")
+# Named statements per connection at most; past that, statements run unnamed (the processor
+# has a fixed set of texts, a few dozen: the cap only guards against texts built per call).
+MAX_PREPARED = 64
+# A prepared statement whose result columns a migration changed cannot run again in this
+# session ("cached plan must not change result type"): the connection must be replaced.
+STALE_PLAN = "0A000"
 
 
 @lru_cache(maxsize=512)
@@ -51,6 +61,7 @@ class Connection(pg8000.legacy.Connection):
 
     _begin_pending = False
     _commit_after = False
+    _names_used = 0
 
     def commit_with_next(self) -> None:
         """The transaction ends with the next statement: its COMMIT goes out in the same
@@ -97,6 +108,40 @@ class Connection(pg8000.legacy.Connection):
         except AttributeError:
             raise InterfaceError("connection is closed") from None
         self._finish(begin, context, commit)
+        return context
+
+    def execute_prepared(self, statement: str, vals: Any = ()) -> Context:
+        """As execute_unnamed, with the statement parsed once per connection under a name:
+        the first call sends Parse, Describe, Bind and Execute (one round trip, as unnamed);
+        later calls send Bind and Execute with the columns the Describe answered."""
+        prepared: dict[str, tuple[bytes, Any, Any]] = self.__dict__.setdefault("_prepared", {})
+        known = prepared.get(statement)
+        if known is None and self._names_used >= MAX_PREPARED:
+            return self.execute_unnamed(statement, vals)
+        params = make_params(self.py_types, vals)  # before anything is sent
+        begin = self._send_pending_begin()
+        if known is None:
+            # A name never used before on this session, even if an earlier attempt failed
+            # after its Parse succeeded (the server keeps that statement until the session ends).
+            self._names_used += 1
+            name = f"promptrun_{self._names_used}".encode("ascii") + NULL_BYTE
+            context = Context(statement)
+            self.send_PARSE(name, statement, ())
+            self.send_DESCRIBE_STATEMENT(name)
+        else:
+            name, columns, input_funcs = known
+            context = Context(columns=columns, input_funcs=input_funcs, statement=statement)
+        self.send_BIND(name, params)
+        self.send_EXECUTE()
+        _write(self._sock, SYNC_MSG)
+        commit = self._send_commit_after()
+        try:
+            _flush(self._sock)
+        except AttributeError:
+            raise InterfaceError("connection is closed") from None
+        self._finish(begin, context, commit)
+        if known is None:
+            prepared[statement] = (name, context.columns, context.input_funcs)
         return context
 
     def commit(self) -> None:

@@ -12,6 +12,10 @@ some tens of microseconds to every statement; the status API, the operators and 
   than a ping on every checkout.
 - Connections older than `recycle` seconds are closed at checkout, before proxies and NATs drop
   them; a checkout waits up to `timeout` seconds for a free connection, then fails.
+- `prepare` (Settings.prepared_statements): each statement text is prepared once per
+  connection under a name (pg8000_fast.execute_prepared); off behind a proxy that multiplexes
+  transactions, where named statements would pin (RDS Proxy) or be lost (PgBouncer).
+  A connection whose prepared statement a migration made stale is discarded.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from promptrun.db import connect, pg8000_fast
+from promptrun.db.pg8000_fast import STALE_PLAN
 from promptrun.db.sql import Result, Sql
 from promptrun.errors import PromptrunError
 from promptrun.settings import Settings
@@ -42,22 +47,26 @@ class PoolTimeout(PromptrunError):
 _SESSION_ENDED = ("08", "57P01", "57P02", "57P03")
 
 
+def _sqlstate(exc: BaseException) -> str:
+    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
+    return str(args[0].get("C", "")) if args and isinstance(args[0], dict) else ""
+
+
 def server_reported(exc: BaseException) -> bool:
     """pg8000 raises the server's own errors with the fields PostgreSQL sent (C = SQLSTATE);
     after those the connection is in a known state, unless the error ended the session."""
-    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
-    if not (len(args) > 0 and isinstance(args[0], dict) and "C" in args[0]):
-        return False
-    return not str(args[0]["C"]).startswith(_SESSION_ENDED)
+    code = _sqlstate(exc)
+    return bool(code) and not code.startswith(_SESSION_ENDED)
 
 
 class Connection:
     """One checked-out connection: `execute` as SQLAlchemy's, on promptrun.db.sql statements."""
 
-    __slots__ = ("_savepoints", "broken", "dbapi")
+    __slots__ = ("_savepoints", "broken", "dbapi", "prepare")
 
-    def __init__(self, dbapi: pg8000_fast.Connection) -> None:
+    def __init__(self, dbapi: pg8000_fast.Connection, prepare: bool = False) -> None:
         self.dbapi = dbapi
+        self.prepare = prepare
         self.broken = False
         self._savepoints = 0
 
@@ -74,9 +83,12 @@ class Connection:
     def _run(self, sql: Sql, parameters: dict[str, Any] | None) -> Result:
         values = sql.values(parameters)
         try:
-            context = self.dbapi.execute_unnamed(sql.positional, values)
+            if self.prepare:
+                context = self.dbapi.execute_prepared(sql.positional, values)
+            else:
+                context = self.dbapi.execute_unnamed(sql.positional, values)
         except Exception as exc:
-            if not server_reported(exc):
+            if not server_reported(exc) or (self.prepare and _sqlstate(exc) == STALE_PLAN):
                 self.broken = True
             raise
         names = [c["name"] for c in context.columns] if context.columns else []
@@ -121,9 +133,11 @@ class Pool:
         size: int = MAX_CONNECTIONS,
         recycle: float = 300,
         timeout: float = 30,
+        prepare: bool = False,
     ) -> None:
         self._open_one = opener
         self.size, self.recycle, self.timeout = size, recycle, timeout
+        self.prepare = prepare
         self._idle: list[tuple[float, pg8000_fast.Connection]] = []
         self._open = 0
         self._free = threading.Condition()
@@ -169,7 +183,7 @@ class Pool:
     @contextmanager
     def _checkout(self) -> Iterator[Connection]:
         created, dbapi = self._take()
-        conn = Connection(dbapi)
+        conn = Connection(dbapi, self.prepare)
         try:
             yield conn
         finally:
@@ -240,11 +254,11 @@ _pools: dict[str, Pool] = {}
 _lock = threading.Lock()
 
 
-def pool_for_url(url: str, size: int = MAX_CONNECTIONS) -> Pool:
+def pool_for_url(url: str, size: int = MAX_CONNECTIONS, prepare: bool = True) -> Pool:
     """A new pool for `url` with the TLS policy (tests and tools; the processor uses
     `get_pool`)."""
     kwargs = connect.Target.parse(url).connect_kwargs()
-    return Pool(lambda: pg8000_fast.connect(**kwargs), size=size)
+    return Pool(lambda: pg8000_fast.connect(**kwargs), size=size, prepare=prepare)
 
 
 def get_pool(settings: Settings, size: int = MAX_CONNECTIONS) -> Pool:
@@ -255,7 +269,11 @@ def get_pool(settings: Settings, size: int = MAX_CONNECTIONS) -> Pool:
         pool = _pools.get(key)
         if pool is None:
             kwargs = where.connect_kwargs()  # the TLS context made once
-            pool = _pools[key] = Pool(lambda: pg8000_fast.connect(**kwargs), size=size)
+            pool = _pools[key] = Pool(
+                lambda: pg8000_fast.connect(**kwargs),
+                size=size,
+                prepare=settings.prepared_statements,
+            )
         return pool
 
 

@@ -249,15 +249,24 @@ _COMPLETE_CTES = f"""
         WHERE j.id = ANY(CAST(string_to_array(:ids, ',') AS uuid[])) AND j.id = v.id
         RETURNING j.id
     ), responses_in AS (
-        {INSERT_RESPONSES_SQL.format(only="WHERE r.job_id IN (SELECT id FROM done)")}
+        {INSERT_RESPONSES_SQL.format(only="WHERE r.job_id IN (SELECT id FROM done) RETURNING 1")}
     ), mentions_in AS (
-        {INSERT_MENTIONS_SQL.format(only="WHERE m.job_id IN (SELECT id FROM done)")}
+        {INSERT_MENTIONS_SQL.format(only="WHERE m.job_id IN (SELECT id FROM done) RETURNING 1")}
     )
 """
 _COMPLETE = text(f"{_COMPLETE_CTES} SELECT id FROM done")
 # The calls' release in the same statement (limits.RELEASE_DONE_SQL): run on its own, outside
 # a transaction block, the statement is the whole transaction (one round trip, no COMMIT).
-_COMPLETE_AND_RELEASE = text(f"{_COMPLETE_CTES}, {limits.RELEASE_DONE_SQL} SELECT id FROM done")
+# The release reads the completed ids once the answers and mentions are in (`stored`): the
+# limits rows, which every batch of the same models updates, are then locked for the rest of
+# the statement only (its triggers and commit), not while it inserts. Without that dependency
+# PostgreSQL runs the last data-modifying CTE first.
+_COMPLETE_AND_RELEASE = text(
+    f"""{_COMPLETE_CTES}, stored AS MATERIALIZED (
+        SELECT id FROM done
+        WHERE (SELECT count(*) FROM responses_in) >= 0 AND (SELECT count(*) FROM mentions_in) >= 0
+    ), {limits.RELEASE_DONE_SQL.format(done="stored")} SELECT id FROM done"""
+)
 
 
 @contextmanager

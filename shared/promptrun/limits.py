@@ -590,7 +590,7 @@ _RECONCILE_SPEND = text(
 
 
 # The release of a finishing batch's calls as CTEs of the statement that completes their jobs
-# (promptrun.batch_jobs), after its `done` CTE (the ids it completed: only those release).
+# (promptrun.batch_jobs), after a CTE `{done}` of the ids it completed (only those release).
 # Their rows are locked in key order, after the jobs (as every writer of both does). Slots,
 # tokens and the rate's increase only: a 429, a quota hint or a budget takes release_many.
 RELEASE_DONE_SQL = """
@@ -598,7 +598,7 @@ RELEASE_DONE_SQL = """
         SELECT r.key, count(*) AS calls, sum(r.token_delta) AS token_delta
         FROM json_to_recordset(CAST(:releases AS json)) AS r(job_id uuid, key text,
                                                               token_delta float8)
-        WHERE r.job_id IN (SELECT id FROM done) GROUP BY r.key
+        WHERE r.job_id IN (SELECT id FROM {done}) GROUP BY r.key
     ), released AS (
         UPDATE flow_limits AS f SET
             in_flight = GREATEST(f.in_flight - e.calls, 0),

@@ -73,6 +73,54 @@ prompts:
     )
 
 
+def test_the_limits_row_is_released_after_the_answers_are_stored(
+    engine: Engine, pool: Pool, settings: Settings
+) -> None:
+    """Every batch of a model updates its limits row: the finishing statement updates it last,
+    so that it holds the row's lock for its commit alone, not while it inserts."""
+    sync(
+        engine,
+        """
+models:
+  - {slug: m, provider: offline, model: m-1, max_concurrency: 100}
+prompts:
+  - {slug: p, text: "Which CRM?", schedule: daily, runs: 4}
+""",
+    )
+    fan_out(engine, settings)
+    with engine.begin() as conn:
+        # Each answer and mention row, as it is inserted, notes whether this transaction has
+        # already updated the model's limits row (the row version it sees is its own).
+        conn.execute(text("CREATE TABLE insert_saw (tbl text, row_updated boolean)"))
+        conn.execute(
+            text(
+                """CREATE FUNCTION note_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    INSERT INTO insert_saw
+                    SELECT TG_TABLE_NAME, f.xmin::text = (txid_current() % 4294967296)::text
+                    FROM flow_limits f WHERE f.key = 'model:m';
+                    RETURN NEW;
+                END $$"""
+            )
+        )
+        for table in ("responses", "entity_mentions"):
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER note_insert BEFORE INSERT ON {table} "
+                    "FOR EACH ROW EXECUTE FUNCTION note_insert()"
+                )
+            )
+    runner = BatchRunner(pool, settings, None)
+    result = runner.run([Record(str(i), body(j)) for i, j in enumerate(job_ids(engine))])
+    assert result.failed == [] and statuses(engine) == {"succeeded": 4}
+    assert flow(engine, "model:m")["in_flight"] == 0  # released, in the same statement
+    with engine.connect() as conn:
+        saw = conn.execute(
+            text("SELECT tbl, bool_or(row_updated) FROM insert_saw GROUP BY tbl ORDER BY tbl")
+        ).all()
+    assert saw == [("entity_mentions", False), ("responses", False)]
+
+
 def test_release_done_params_leaves_the_rare_cases_to_release_many() -> None:
     demand = limits.Demand(1, 100, Decimal("0.01"))
     lease = limits.Lease(("group:g", "model:m"), (), demand)

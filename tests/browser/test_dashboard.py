@@ -8,6 +8,7 @@ the README's picture."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -120,9 +121,19 @@ def test_dashboard_in_headless_chromium(server: str) -> None:
             answer = item.locator(".answer-text")
             expect(answer).to_be_visible()
             expect(answer).to_contain_text("[offline synthetic answer]")
-            # The own brand's mention is marked as such; other entities plainly.
+            # Every mention marked: the own brand as such, a tracked competitor as a brand,
+            # anything else plainly (which of them an answer names depends on the date: the
+            # offline model's seed is the batch key).
             expect(answer.locator("mark.own")).to_have_text("Acme CRM")
-            expect(answer.locator("mark.entity").first).to_be_visible()
+            marks = answer.locator("mark").evaluate_all(
+                "ms => ms.map(m => [m.className, m.textContent, m.title])"
+            )
+            mentions = re.search(r": (\d+) mentions", toggle.inner_text())
+            assert mentions is not None and len(marks) == int(mentions.group(1)), marks
+            assert [text for cls, text, _ in marks if cls == "own"] == ["Acme CRM"]
+            assert {cls for cls, _, _ in marks} <= {"own", "brand", "entity"}, marks
+            for cls, _, title in marks:
+                assert ("tracked brand" in title) == (cls in ("own", "brand")), marks
 
             # The token: in sessionStorage and the Authorization header, in no URL.
             assert page.evaluate("sessionStorage.getItem('promptrun.token')") == TOKEN

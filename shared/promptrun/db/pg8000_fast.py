@@ -61,7 +61,6 @@ class Connection(pg8000.legacy.Connection):
 
     _begin_pending = False
     _commit_after = False
-    _names_used = 0
 
     def commit_with_next(self) -> None:
         """The transaction ends with the next statement: its COMMIT goes out in the same
@@ -69,6 +68,9 @@ class Connection(pg8000.legacy.Connection):
         self._commit_after = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # execute_prepared's statements: text -> (name, columns, input converters)
+        self._prepared: dict[str, tuple[bytes, Any, Any]] = {}
+        self._names_used = 0
         super().__init__(*args, **kwargs)
         if getattr(self._usock, "family", None) in (socket.AF_INET, socket.AF_INET6):
             self._usock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -114,8 +116,7 @@ class Connection(pg8000.legacy.Connection):
         """As execute_unnamed, with the statement parsed once per connection under a name:
         the first call sends Parse, Describe, Bind and Execute (one round trip, as unnamed);
         later calls send Bind and Execute with the columns the Describe answered."""
-        prepared: dict[str, tuple[bytes, Any, Any]] = self.__dict__.setdefault("_prepared", {})
-        known = prepared.get(statement)
+        known = self._prepared.get(statement)
         if known is None and self._names_used >= MAX_PREPARED:
             return self.execute_unnamed(statement, vals)
         params = make_params(self.py_types, vals)  # before anything is sent
@@ -141,7 +142,7 @@ class Connection(pg8000.legacy.Connection):
             raise InterfaceError("connection is closed") from None
         self._finish(begin, context, commit)
         if known is None:
-            prepared[statement] = (name, context.columns, context.input_funcs)
+            self._prepared[statement] = (name, context.columns, context.input_funcs)
         return context
 
     def commit(self) -> None:

@@ -590,3 +590,62 @@ prompts:
         ).scalar()
     assert limits_rows == {"model:ok": 0, "model:flaky": 0, "model:broken": 0}
     assert throttled == 1  # the 429 slowed the model down for every processor
+
+
+def test_a_claim_reads_each_job_context_as_the_catalogue_has_it_now(
+    engine: Engine, pool: Pool, settings: Settings
+) -> None:
+    """The prompt version and models travel as one text per job, parsed once per instance:
+    a model the catalogue changed between two claims is a new text, never a cached old one."""
+    from promptrun import batch_jobs
+
+    catalogue = """
+models:
+  - {slug: m, provider: offline, model: m-1, base_url: "http://m.example/v1",
+     params: {temperature: 0.25, max_tokens: 99}, price_per_mtok: {input: 1.1, output: 2.7}}
+  - {slug: x, provider: offline, model: x-1, price_per_mtok: {input: 0.05, output: 0.1}}
+%s
+prompts:
+  - {slug: p, text: "Which CRM?", system: "Answer briefly.", schedule: daily, runs: 2,
+     models: [m]}
+"""
+    sync(engine, catalogue % "extraction_model: x")
+    fan_out(engine, settings)
+    first_id, second_id = job_ids(engine)
+    with batch_jobs.autocommit(pool) as conn:
+        claim = batch_jobs.claim_quick(conn, [first_id], 60)
+    assert claim is not None and claim.claimed == {first_id}
+    first = claim.jobs[first_id].job
+    assert first is not None
+    assert (first.prompt_slug, first.prompt_text, first.system_text) == (
+        "p",
+        "Which CRM?",
+        "Answer briefly.",
+    )
+    assert first.model.params == {"temperature": 0.25, "max_tokens": 99}
+    assert first.model.base_url == "http://m.example/v1"
+    assert first.model.price_input_per_mtok == Decimal("1.1")
+    assert first.model.price_output_per_mtok == Decimal("2.7")
+    assert (first.extraction_model.slug, first.extraction_model.price_input_per_mtok) == (
+        "x",
+        Decimal("0.05"),
+    )
+
+    changed = catalogue.replace("temperature: 0.25", "temperature: 0.75") % ""
+    sync(engine, changed)  # no extraction model any more: the model extracts its own
+    with batch_jobs.autocommit(pool) as conn:
+        claim = batch_jobs.claim_quick(conn, [second_id], 60)
+    assert claim is not None and claim.claimed == {second_id}
+    second = claim.jobs[second_id].job
+    assert second is not None
+    assert second.model.params == {"temperature": 0.75, "max_tokens": 99}
+    assert second.extraction_model == second.model
+    assert first.model.params == {"temperature": 0.25, "max_tokens": 99}  # untouched
+    # the per-job path reads the same columns
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE prompt_jobs SET status = 'queued', attempt_count = 0"))
+        again = jobs.claim_job(conn, second_id, 60)
+    assert again is not None and (again.model, again.extraction_model) == (
+        second.model,
+        second.extraction_model,
+    )

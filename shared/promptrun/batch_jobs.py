@@ -304,20 +304,21 @@ def complete_batch(
     `release` (limits.release_done_params): the owned jobs' calls released by it too."""
     if not finished:
         return set()
+    ids = [str(f.job.id) for f in finished]
     jobs = [
         {
-            "id": str(f.job.id),
+            "id": job_id,
             "attempt": f.job.attempt,
             "inp": f.spent.input_tokens,
             "out": f.spent.output_tokens,
             "cost": str(f.spent.cost_usd),  # exact: numeric from its decimal text
         }
-        for f in finished
+        for job_id, f in zip(ids, finished, strict=True)
     ]
     responses = [f.answer.response_row(f.job) for f in finished]
     mentions = [m for f in finished for m in f.answer.mention_rows(f.job)]
     params: dict[str, Any] = {
-        "ids": _id_list([f.job.id for f in finished]),
+        "ids": ",".join(ids),
         "jobs": json.dumps(jobs),
         "responses": json.dumps(responses, default=str),
         "mentions": json.dumps(mentions, default=str),

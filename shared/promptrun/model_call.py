@@ -185,7 +185,7 @@ class Answer:
 
     def response_row(self, job: ClaimedJob) -> dict[str, Any]:
         return {
-            "job_id": job.id,
+            "job_id": str(job.id),
             "answer_text": self.completion.text,
             "structured": {"entities": [e.model_dump() for e in self.entities]},
             "provider_response_id": self.completion.response_id,
@@ -196,9 +196,10 @@ class Answer:
         }
 
     def mention_rows(self, job: ClaimedJob) -> list[dict[str, Any]]:
+        job_id = str(job.id)  # once, not through json's `default` for every mention
         return [
             {
-                "job_id": job.id,
+                "job_id": job_id,
                 "prompt_id": job.prompt_id,
                 "model_id": job.model_id,
                 "batch_key": job.batch_key,

@@ -237,112 +237,141 @@ class LockWaits:
 def processor(pg: Any, template: str) -> dict[int, float]:
     print(
         "processor path: BatchRunner.run on SQS batches of 10, offline model with zero latency, "
-        "2 connections per instance (instances are threads of one process)"
+        "2 connections per instance (instances are threads of one process); each repetition "
+        "followed by one of Procrastinate's worker (no-op task, psycopg connector, same server) "
+        "at the same concurrency"
     )
     db = stack.create_test_database(pg, template)
     rates: dict[int, float] = {}
-    try:
-        url = stack.url_for(pg, db)
-        settings = Settings(database_url=url, max_attempts=3, lease_seconds=60)
-        engine = get_engine(settings)
-        sync_catalog(engine, load_catalog(catalog()))
-        create_jobs(engine, FanoutRequest(at=AT), settings)
-        sep = "&" if "?" in url else "?"
-        trips = itertools.count()
-        flush = pg8000_fast._flush
+    with Procrastinate(pg) as baseline:
+        try:
+            url = stack.url_for(pg, db)
+            settings = Settings(database_url=url, max_attempts=3, lease_seconds=60)
+            engine = get_engine(settings)
+            sync_catalog(engine, load_catalog(catalog()))
+            create_jobs(engine, FanoutRequest(at=AT), settings)
+            sep = "&" if "?" in url else "?"
+            trips = itertools.count()
+            flush = pg8000_fast._flush
 
-        def counted(sock: Any) -> None:
-            next(trips)
-            flush(sock)
+            def counted(sock: Any) -> None:
+                next(trips)
+                flush(sock)
 
-        for threads in THREADS:
-            # Each simulated instance is a thread with its own runner, call threads and
-            # pool of 2 connections (get_pool, keyed by the URL: an application_name
-            # each), as each Lambda instance has. They share one process, and so its GIL.
-            calls = ThreadPoolExecutor((SQS_BATCH - 1) * threads)
-            runners = [
-                BatchRunner(get_pool(instance), instance, None, threads=calls)
-                for instance in (
-                    dataclasses.replace(
-                        settings, database_url=f"{url}{sep}application_name=bench-{i}"
+            for threads in THREADS:
+                # Each simulated instance is a thread with its own runner, call threads and
+                # pool of 2 connections (get_pool, keyed by the URL: an application_name
+                # each), as each Lambda instance has. They share one process, and so its GIL.
+                calls = ThreadPoolExecutor((SQS_BATCH - 1) * threads)
+                runners = [
+                    BatchRunner(get_pool(instance), instance, None, threads=calls)
+                    for instance in (
+                        dataclasses.replace(
+                            settings, database_url=f"{url}{sep}application_name=bench-{i}"
+                        )
+                        for i in range(threads)
                     )
-                    for i in range(threads)
-                )
-            ]
-            samples = []
-            for _ in range(3):
-                bodies = _requeue(engine)
-                batches = [bodies[i : i + SQS_BATCH] for i in range(0, len(bodies), SQS_BATCH)]
-                # Instance i takes every threads-th batch, one after the other.
-                shares = [batches[i::threads] for i in range(threads)]
-                pg8000_fast._flush = counted  # type: ignore[assignment]
-                before = next(trips)
-                started = time.perf_counter()
-                with LockWaits(url) as waits, ThreadPoolExecutor(threads) as pool:
-                    failed = sum(pool.map(_run_batches, runners, shares))
-                seconds = time.perf_counter() - started
-                if failed:  # e.g. a pool checkout that waited past its timeout
-                    print(f"      {failed} records failed")
-                per_job = (next(trips) - before - 1) / len(bodies)
-                pg8000_fast._flush = flush  # type: ignore[assignment]
-                samples.append((len(bodies) / seconds, per_job, seconds * 1000 / len(bodies)))
-            calls.shutdown()
-            rate = statistics.median(s[0] for s in samples)
-            rates[threads] = rate
-            line(f"{threads:>2} thread(s): jobs/s (median of 3)", f"{rate:,.0f}", ">= 2,000")
-            line("    round trips per job", f"{samples[-1][1]:.2f}", "a handful per SQS batch")
-            line("    sessions waiting on a row lock, of those active", waits.figure())
-            if threads == 1:
-                overhead = statistics.median(s[2] for s in samples)
-                line("    overhead per job beside the model call", f"{overhead:.2f} ms", "< 2 ms")
-        with engine.connect() as conn:
-            done = conn.execute(
-                text("SELECT count(*) FROM prompt_jobs WHERE status = 'succeeded'")
-            ).scalar_one()
-        line("    jobs succeeded in the last run", f"{done}")
-        dispose_pools()
-        dispose_engines()
-    finally:
-        stack.drop_database(pg, db)
+                ]
+                samples = []
+                theirs: list[float] = []
+                for _ in range(3):
+                    bodies = _requeue(engine)
+                    batches = [bodies[i : i + SQS_BATCH] for i in range(0, len(bodies), SQS_BATCH)]
+                    # Instance i takes every threads-th batch, one after the other.
+                    shares = [batches[i::threads] for i in range(threads)]
+                    pg8000_fast._flush = counted  # type: ignore[assignment]
+                    before = next(trips)
+                    started = time.perf_counter()
+                    with LockWaits(url) as waits, ThreadPoolExecutor(threads) as pool:
+                        failed = sum(pool.map(_run_batches, runners, shares))
+                    seconds = time.perf_counter() - started
+                    if failed:  # e.g. a pool checkout that waited past its timeout
+                        print(f"      {failed} records failed")
+                    per_job = (next(trips) - before - 1) / len(bodies)
+                    pg8000_fast._flush = flush  # type: ignore[assignment]
+                    samples.append((len(bodies) / seconds, per_job, seconds * 1000 / len(bodies)))
+                    if (their := baseline.rate(threads)) is not None:
+                        theirs.append(their)
+                calls.shutdown()
+                rate = statistics.median(s[0] for s in samples)
+                rates[threads] = rate
+                line(f"{threads:>2} thread(s): jobs/s (median of 3)", f"{rate:,.0f}", ">= 2,000")
+                if theirs:
+                    their_rate = statistics.median(theirs)
+                    ratios = sorted(s[0] / t for s, t in zip(samples, theirs, strict=True))
+                    line(
+                        "    Procrastinate at the same concurrency, median of 3 (ratio)",
+                        f"{their_rate:,.0f} ({rate / their_rate:.2f}x)",
+                        ">= 5x",
+                    )
+                    line(
+                        "    ratio of each repetition to the baseline's that followed it",
+                        " / ".join(f"{r:.2f}x" for r in ratios),
+                    )
+                else:
+                    line("    Procrastinate", baseline.error or "-")
+                line("    round trips per job", f"{samples[-1][1]:.2f}", "a handful per SQS batch")
+                line("    sessions waiting on a row lock, of those active", waits.figure())
+                if threads == 1:
+                    overhead = statistics.median(s[2] for s in samples)
+                    line(
+                        "    overhead per job beside the model call", f"{overhead:.2f} ms", "< 2 ms"
+                    )
+            with engine.connect() as conn:
+                done = conn.execute(
+                    text("SELECT count(*) FROM prompt_jobs WHERE status = 'succeeded'")
+                ).scalar_one()
+            line("    jobs succeeded in the last run", f"{done}")
+            dispose_pools()
+            dispose_engines()
+        finally:
+            stack.drop_database(pg, db)
     return rates
 
 
-def procrastinate(pg: Any, rates: dict[int, float]) -> None:
-    print("baseline: Procrastinate's worker, no-op task, psycopg connector, same server")
-    if not BENCH_PYTHON.exists():
-        print("  (skipped: .venv-bench missing; `make bench` creates it)")
-        return
-    name = f"bench_procrastinate_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(pg.url("postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = pg.url(name).replace("postgresql+pg8000://", "postgresql://")
+class Procrastinate:
+    """Procrastinate's worker on a no-op task (its psycopg connector, its own database on the
+    same server), one run of JOBS jobs at a time: the processor section runs it right after
+    each of its own repetitions, so both are measured in the same minutes (this machine's
+    speed moves by half within minutes)."""
+
+    JOBS = 2000
+
+    def __init__(self, pg: Any) -> None:
+        self.available = BENCH_PYTHON.exists()
+        self.error: str | None = None if self.available else "(.venv-bench missing)"
+        self.name = f"bench_procrastinate_{uuid.uuid4().hex[:6]}"
+        self.admin = create_engine(pg.url("postgres"), isolation_level="AUTOCOMMIT")
+        self.url = pg.url(self.name).replace("postgresql+pg8000://", "postgresql://")
+        self._schema = True  # applied by the first run
+
+    def __enter__(self) -> Procrastinate:
+        if self.available:
+            with self.admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+    def rate(self, concurrency: int) -> float | None:
+        """Jobs/s of one run at this concurrency; None when it cannot run (self.error says)."""
+        if self.error is not None:
+            return None
+        schema = ["--schema"] if self._schema else []
         done = subprocess.run(
             [str(BENCH_PYTHON), str(Path(__file__).with_name("procrastinate_worker.py")),
-             url, "2000", *(str(t) for t in THREADS for _ in range(3))],
+             self.url, str(self.JOBS), *schema, str(concurrency)],
             capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         if done.returncode:
-            print(f"  (failed: {done.stderr.strip().splitlines()[-1:]})")
-            return
-        # Three runs per concurrency and their median, as for promptrun above.
-        runs: dict[int, list[float]] = {}
-        for row in map(json.loads, done.stdout.strip().splitlines()):
-            runs.setdefault(row["concurrency"], []).append(row["jobs"] / row["seconds"])
-        for concurrency, samples in runs.items():
-            rate = statistics.median(samples)
-            ours = rates.get(concurrency)
-            ratio = f"{ours / rate:.2f}x" if ours else "-"
-            line(
-                f"{concurrency:>2} concurrency: jobs/s, median of 3 (promptrun / it)",
-                f"{rate:,.0f} ({ratio})",
-                ">= 5x",
-            )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+            self.error = f"(failed: {done.stderr.strip().splitlines()[-1:]})"
+            return None
+        self._schema = False
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        return float(row["jobs"] / row["seconds"])
 
 
 # --- fan-out --------------------------------------------------------------------------------------
@@ -495,7 +524,7 @@ def main() -> None:
         cold_start()
         layer_cold_start(_INIT, COLD_RUNS)
     if "processor" in sections:
-        procrastinate(pg, processor(pg, template))
+        processor(pg, template)
     if "fanout" in sections:
         fanout(pg, template)
     if "operators" in sections:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from pg8000.exceptions import DatabaseError
@@ -38,6 +39,16 @@ def _names(conn: Connection) -> list[tuple[str, str]]:
     return [(r.statement, r.name) for r in conn.execute(PREPARED)]
 
 
+def _three_runs(conn: Connection, ids: list[uuid.UUID]) -> list[list[Any]]:
+    """ROWS three times, with other values each time."""
+    return [
+        conn.execute(
+            ROWS, {"label": f"x{i}", "price": Decimal("1.5"), "id": str(ids[i]), "count": i + 1}
+        ).all()
+        for i in range(3)
+    ]
+
+
 def test_a_statement_is_parsed_once_per_connection_and_answers_as_unnamed(
     prepared_pool: Pool, db_url: str
 ) -> None:
@@ -45,19 +56,11 @@ def test_a_statement_is_parsed_once_per_connection_and_answers_as_unnamed(
     ids = [uuid.uuid4() for _ in range(3)]
     try:
         with prepared_pool.connect() as conn:
-            got = [
-                conn.execute(ROWS, {"label": f"x{i}", "price": Decimal("1.5"), "id": str(ids[i]),
-                                    "count": i + 1}).all()
-                for i in range(3)
-            ]  # fmt: skip
+            got = _three_runs(conn, ids)
             names = _names(conn)
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
         with plain.connect() as conn:
-            want = [
-                conn.execute(ROWS, {"label": f"x{i}", "price": Decimal("1.5"), "id": str(ids[i]),
-                                    "count": i + 1}).all()
-                for i in range(3)
-            ]  # fmt: skip
+            want = _three_runs(conn, ids)
             assert _names(conn) == []  # nothing prepared when turned off
         assert [[tuple(r) for r in rows] for rows in got] == [
             [tuple(r) for r in rows] for rows in want

@@ -101,15 +101,7 @@ class Connection(pg8000.legacy.Connection):
         context = Context(statement)
         self.send_PARSE(NULL_BYTE, statement, oids)
         self.send_DESCRIBE_STATEMENT(NULL_BYTE)
-        self.send_BIND(NULL_BYTE, params)
-        self.send_EXECUTE()
-        _write(self._sock, SYNC_MSG)
-        commit = self._send_commit_after()
-        try:
-            _flush(self._sock)
-        except AttributeError:
-            raise InterfaceError("connection is closed") from None
-        self._finish(begin, context, commit)
+        self._bind_and_run(NULL_BYTE, params, begin, context)
         return context
 
     def execute_prepared(self, statement: str, vals: Any = ()) -> Context:
@@ -132,6 +124,16 @@ class Connection(pg8000.legacy.Connection):
         else:
             name, columns, input_funcs = known
             context = Context(columns=columns, input_funcs=input_funcs, statement=statement)
+        self._bind_and_run(name, params, begin, context)
+        if known is None:
+            self._prepared[statement] = (name, context.columns, context.input_funcs)
+        return context
+
+    def _bind_and_run(
+        self, name: bytes, params: Any, begin: Context | None, context: Context
+    ) -> None:
+        """Bind and Execute statement `name` (parsed in the same packet or before), one Sync,
+        the pending COMMIT behind it; then read every answer."""
         self.send_BIND(name, params)
         self.send_EXECUTE()
         _write(self._sock, SYNC_MSG)
@@ -141,9 +143,6 @@ class Connection(pg8000.legacy.Connection):
         except AttributeError:
             raise InterfaceError("connection is closed") from None
         self._finish(begin, context, commit)
-        if known is None:
-            self._prepared[statement] = (name, context.columns, context.input_funcs)
-        return context
 
     def commit(self) -> None:
         self._commit_after = False

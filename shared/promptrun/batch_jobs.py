@@ -119,7 +119,7 @@ def _ends_transaction(conn: Conn, last: bool) -> None:
         dbapi.commit_with_next()
 
 
-def _id_list(job_ids: Sequence[uuid.UUID]) -> str:
+def _id_list(job_ids: Sequence[uuid.UUID | str]) -> str:
     """Ids as one comma-separated text (string_to_array): pg8000 escapes an array's
     elements character by character in Python."""
     return ",".join(str(i) for i in job_ids)
@@ -318,7 +318,7 @@ def complete_batch(
     responses = [f.answer.response_row(f.job) for f in finished]
     mentions = [m for f in finished for m in f.answer.mention_rows(f.job)]
     params: dict[str, Any] = {
-        "ids": ",".join(ids),
+        "ids": _id_list(ids),
         "jobs": json.dumps(jobs),
         "responses": json.dumps(responses, default=str),
         "mentions": json.dumps(mentions, default=str),

@@ -234,7 +234,7 @@ class LockWaits:
         return f"{self.waiting / n:.2f} of {self.active / n:.2f}"
 
 
-def processor(pg: Any, template: str) -> dict[int, float]:
+def processor(pg: Any, template: str) -> None:
     print(
         "processor path: BatchRunner.run on SQS batches of 10, offline model with zero latency, "
         "2 connections per instance (instances are threads of one process); each repetition "
@@ -242,7 +242,6 @@ def processor(pg: Any, template: str) -> dict[int, float]:
         "at the same concurrency"
     )
     db = stack.create_test_database(pg, template)
-    rates: dict[int, float] = {}
     with Procrastinate(pg) as baseline:
         try:
             url = stack.url_for(pg, db)
@@ -294,22 +293,8 @@ def processor(pg: Any, template: str) -> dict[int, float]:
                         theirs.append(their)
                 calls.shutdown()
                 rate = statistics.median(s[0] for s in samples)
-                rates[threads] = rate
                 line(f"{threads:>2} thread(s): jobs/s (median of 3)", f"{rate:,.0f}", ">= 2,000")
-                if theirs:
-                    their_rate = statistics.median(theirs)
-                    ratios = sorted(s[0] / t for s, t in zip(samples, theirs, strict=True))
-                    line(
-                        "    Procrastinate at the same concurrency, median of 3 (ratio)",
-                        f"{their_rate:,.0f} ({rate / their_rate:.2f}x)",
-                        ">= 5x",
-                    )
-                    line(
-                        "    ratio of each repetition to the baseline's that followed it",
-                        " / ".join(f"{r:.2f}x" for r in ratios),
-                    )
-                else:
-                    line("    Procrastinate", baseline.error or "-")
+                _baseline_lines([s[0] for s in samples], theirs, baseline.error)
                 line("    round trips per job", f"{samples[-1][1]:.2f}", "a handful per SQS batch")
                 line("    sessions waiting on a row lock, of those active", waits.figure())
                 if threads == 1:
@@ -326,7 +311,27 @@ def processor(pg: Any, template: str) -> dict[int, float]:
             dispose_engines()
         finally:
             stack.drop_database(pg, db)
-    return rates
+
+
+def _baseline_lines(ours: list[float], theirs: list[float], error: str | None) -> None:
+    """Procrastinate's median beside promptrun's, and the ratio of each of promptrun's
+    repetitions to the baseline run that followed it (as many as ran)."""
+    if not theirs:
+        line("    Procrastinate", error or "-")
+        return
+    their_rate = statistics.median(theirs)
+    line(
+        "    Procrastinate at the same concurrency, median of 3 (ratio)",
+        f"{their_rate:,.0f} ({statistics.median(ours) / their_rate:.2f}x)",
+        ">= 5x",
+    )
+    ratios = sorted(o / t for o, t in zip(ours, theirs, strict=False))  # a failed run: fewer
+    line(
+        "    ratio of each repetition to the baseline's that followed it",
+        " / ".join(f"{r:.2f}x" for r in ratios),
+    )
+    if error is not None:
+        line("    Procrastinate", error)
 
 
 class Procrastinate:

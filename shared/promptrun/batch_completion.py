@@ -40,7 +40,8 @@ CLAIM_SECONDS = 120
 NAMESPACE = "Promptrun"
 
 
-def _job_ids(sqs_event: dict[str, Any]) -> list[str]:
+def job_ids(sqs_event: dict[str, Any]) -> list[str]:
+    """The job ids of an SQS event's records; records without one are left out."""
     ids = []
     for record in sqs_event.get("Records") or []:
         try:
@@ -290,7 +291,7 @@ def after_invocation(
     def wrap(handler: Any) -> Any:
         def after(event: dict[str, Any]) -> None:
             pool = pool_factory()
-            keys = finished_batches(pool, _job_ids(event))
+            keys = finished_batches(pool, job_ids(event))
             if not keys:
                 return
             pool.dispose()

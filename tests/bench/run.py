@@ -63,6 +63,16 @@ def timed(fn: Callable[[], Any], repeat: int = 5) -> float:
     return statistics.median(samples)
 
 
+def machine_speed() -> str:
+    """Two fixed workloads (median of 3, after one warm-up): a pure-Python loop, the
+    processor's kind of work, and an empty interpreter's start, the cold start's floor. This
+    machine's speed moves by up to 2x between sessions and within one, and every other
+    figure moves with it."""
+    loop = timed(lambda: sum(i * i for i in range(2_000_000)), repeat=3)
+    start = timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat=3)
+    return f"2M-step Python loop {loop:.0f} ms, empty interpreter start {start:.0f} ms"
+
+
 # --- cold start ---------------------------------------------------------------------------------
 
 _INIT = {
@@ -530,6 +540,7 @@ def main() -> None:
     metrics.add_metric = lambda **_: None  # type: ignore[method-assign]
     sections = _sections()
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} (1 min) at the start")
+    print(f"  this machine's speed now, to compare runs by: {machine_speed()}")
     pg = stack.start_postgres()
     template = stack.template_database(pg)
     if "cold-start" in sections:

@@ -5,6 +5,7 @@ EventBridge delivering to a queue."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -140,6 +141,17 @@ def test_after_an_invocation_the_engine_is_made_only_for_a_finished_batch_and_al
     assert made == [0]  # the pool's idle connection closed before the engine connected
     assert len(bus.events(events.BATCH_COMPLETED)) == 1
     assert completer.pool.checkedin() == 0  # and the engine's own closed after
+
+
+def test_the_completion_check_reads_the_ids_of_well_formed_records_only() -> None:
+    """What after_invocation checks: a record whose body is not a job message is left out,
+    never an error (its record has failed already, or was a duplicate)."""
+    good = str(uuid.uuid4())
+    bodies = [json.dumps({"job_id": good}), "not json", json.dumps({"job_id": 5}), "[1]"]
+    records: list[dict[str, Any]] = [{"body": b} for b in bodies]
+    records += [{}, {"body": json.dumps({"job_id": "short"})}]
+    assert batch_completion.job_ids({"Records": records}) == [good]
+    assert batch_completion.job_ids({}) == []
 
 
 def test_an_unfinished_batch_is_not_completed(engine: Engine, bus: EventCapture) -> None:

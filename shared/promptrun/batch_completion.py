@@ -62,6 +62,11 @@ def finished_batches(database: Database, job_ids: list[str]) -> list[str]:
     return sorted(r[0] for r in rows)
 
 
+def finished_batches_of(database: Database, sqs_event: dict[str, Any]) -> list[str]:
+    """The processor's check after each invocation: the finished batches of its event's jobs."""
+    return finished_batches(database, job_ids(sqs_event))
+
+
 _FINISHED_BATCHES = text(
     """SELECT b.batch_key FROM (
            SELECT DISTINCT batch_key FROM prompt_jobs
@@ -291,7 +296,7 @@ def after_invocation(
     def wrap(handler: Any) -> Any:
         def after(event: dict[str, Any]) -> None:
             pool = pool_factory()
-            keys = finished_batches(pool, job_ids(event))
+            keys = finished_batches_of(pool, event)
             if not keys:
                 return
             pool.dispose()

@@ -201,9 +201,10 @@ def _run_batch(runner: BatchRunner, bodies: list[str]) -> int:
         failed = len(runner.run(records).failed)
     except Exception:
         return len(bodies)
-    event = {"Records": [{"body": b} for b in bodies]}
     try:  # as the handler's, a failed check fails no record
-        batch_completion.finished_batches(runner.engine, batch_completion.job_ids(event))
+        batch_completion.finished_batches_of(
+            runner.engine, {"Records": [{"body": b} for b in bodies]}
+        )
     except Exception as exc:
         print(f"      completion check failed: {type(exc).__name__}: {exc}")
     return failed

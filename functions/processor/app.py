@@ -7,15 +7,16 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from promptrun import batch_completion
-from promptrun.aws import SQS_BATCH, JobQueue
-from promptrun.batch_runner import BatchRunner, Record
+from promptrun.aws import JobQueue
+from promptrun.batch_runner import MAX_BATCH, BatchRunner, Record
 from promptrun.db.pool import get_pool
 from promptrun.observability import logger, metrics, tracer
 from promptrun.settings import get_settings
 
 settings = get_settings().require("database", "queue")
-# The invocation's own thread makes one model call; these make the rest of the largest batch.
-threads = ThreadPoolExecutor(max_workers=SQS_BATCH - 1, thread_name_prefix="call")
+# The invocation's own thread makes one model call; these make the rest of the largest batch
+# (started as calls need them: a batch of 10 starts at most 9).
+threads = ThreadPoolExecutor(max_workers=MAX_BATCH - 1, thread_name_prefix="call")
 # One per instance: its SQS client, made on the first job sent back, serves every invocation.
 queue = JobQueue(settings.jobs_queue_url or "")
 

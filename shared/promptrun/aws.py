@@ -62,6 +62,29 @@ class SendResult:
     failed: dict[str, str]
 
 
+@dataclass(frozen=True)
+class JobMessageOut:
+    """A message for one job: visible after `delay_seconds` (at most 900), with the job's turn
+    behind a rate limit and its count of waits for a slot as hints (promptrun.waiting)."""
+
+    job_id: str
+    delay_seconds: int = 0
+    turn: float | None = None
+    slot_waits: int = 0
+
+    @property
+    def delay(self) -> int:
+        return max(0, min(MAX_DELAY_SECONDS, int(self.delay_seconds)))
+
+    def body(self) -> str:
+        body: dict[str, object] = {"job_id": self.job_id}
+        if self.turn is not None:
+            body["turn"] = round(self.turn, 3)
+        if self.slot_waits:
+            body["slot_waits"] = self.slot_waits
+        return json.dumps(body)
+
+
 class JobQueue:
     """The one SQS sender: job ids in, SendMessageBatch of 10, failed entries retried."""
 
@@ -80,28 +103,29 @@ class JobQueue:
 
     def send_jobs(self, job_ids: Iterable[str], delay_seconds: int = 0) -> SendResult:
         """One message per job id; `delay_seconds` (at most 900) before any is visible."""
-        delay = max(0, min(MAX_DELAY_SECONDS, int(delay_seconds)))
+        return self.send([JobMessageOut(str(job_id), delay_seconds) for job_id in job_ids])
+
+    def send(self, messages: Sequence[JobMessageOut]) -> SendResult:
+        """Each message, SendMessageBatch of 10 (a few calls at once); the job ids sent, and
+        the ones SQS did not take with its reason."""
         sent: list[str] = []
         failed: dict[str, str] = {}
-        ids = list(job_ids)
-        chunks = [ids[start : start + SQS_BATCH] for start in range(0, len(ids), SQS_BATCH)]
+        chunks = [messages[at : at + SQS_BATCH] for at in range(0, len(messages), SQS_BATCH)]
         if len(chunks) <= 1:  # one call: no pool to start
             for chunk in chunks:
-                chunk_sent, chunk_failed = self._send_chunk(chunk, delay)
+                chunk_sent, chunk_failed = self._send_chunk(chunk)
                 sent.extend(chunk_sent)
                 failed.update(chunk_failed)
             return SendResult(sent=sent, failed=failed)
         # SendMessageBatch calls are round trips: a few at once (boto3 clients are thread-safe).
         with ThreadPoolExecutor(max_workers=min(SEND_THREADS, max(1, len(chunks)))) as pool:
-            for chunk_sent, chunk_failed in pool.map(
-                lambda chunk: self._send_chunk(chunk, delay), chunks
-            ):
+            for chunk_sent, chunk_failed in pool.map(self._send_chunk, chunks):
                 sent.extend(chunk_sent)
                 failed.update(chunk_failed)
         return SendResult(sent=sent, failed=failed)
 
-    def _send_chunk(self, ids: Sequence[str], delay: int = 0) -> tuple[list[str], dict[str, str]]:
-        pending = {str(i): job_id for i, job_id in enumerate(ids)}
+    def _send_chunk(self, messages: Sequence[JobMessageOut]) -> tuple[list[str], dict[str, str]]:
+        pending = {str(i): m for i, m in enumerate(messages)}
         sent: list[str] = []
         errors: dict[str, str] = {}
         for attempt in range(self.max_tries):
@@ -110,25 +134,25 @@ class JobQueue:
             if attempt:
                 time.sleep(min(2.0, 0.1 * 2**attempt))
             entries = [
-                {"Id": entry_id, "MessageBody": json.dumps({"job_id": job_id})}
-                | ({"DelaySeconds": delay} if delay else {})
-                for entry_id, job_id in pending.items()
+                {"Id": entry_id, "MessageBody": m.body()}
+                | ({"DelaySeconds": m.delay} if m.delay else {})
+                for entry_id, m in pending.items()
             ]
             try:
                 resp = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
             except Exception as exc:  # the whole call failed: every entry is retried
                 logger.warning("SendMessageBatch failed", extra={"error": type(exc).__name__})
-                errors = {job_id: type(exc).__name__ for job_id in pending.values()}
+                errors = {m.job_id: type(exc).__name__ for m in pending.values()}
                 continue
             for ok in resp.get("Successful", []):
-                sent.append(pending.pop(ok["Id"]))
+                sent.append(pending.pop(ok["Id"]).job_id)
             errors = {}
             for bad in resp.get("Failed", []):
-                job_id = pending[bad["Id"]]
+                job_id = pending[bad["Id"]].job_id
                 errors[job_id] = bad.get("Code", "unknown")
                 if bad.get("SenderFault"):  # not worth retrying
                     pending.pop(bad["Id"])
-        failed = {job_id: errors.get(job_id, "unknown") for job_id in pending.values()}
+        failed = {m.job_id: errors.get(m.job_id, "unknown") for m in pending.values()}
         failed.update({k: v for k, v in errors.items() if k not in sent})
         return sent, failed
 
@@ -138,15 +162,9 @@ class JobQueue:
         """A fresh message for one job, visible after `delay_seconds` (at most 900), with the
         job's turn behind a rate limit and its count of waits for a slot as hints. Raises when
         SQS did not take it."""
-        body: dict[str, object] = {"job_id": job_id}
-        if turn is not None:
-            body["turn"] = round(turn, 3)
-        if slot_waits:
-            body["slot_waits"] = slot_waits
+        message = JobMessageOut(job_id, delay_seconds, turn, slot_waits)
         self.sqs.send_message(
-            QueueUrl=self.queue_url,
-            MessageBody=json.dumps(body),
-            DelaySeconds=max(0, min(MAX_DELAY_SECONDS, int(delay_seconds))),
+            QueueUrl=self.queue_url, MessageBody=message.body(), DelaySeconds=message.delay
         )
 
 

@@ -34,7 +34,7 @@ from promptrun.processor import (
     JobRunner,
     Outcome,
     parse_message,
-    send_back,
+    send_back_all,
     unclaimable,
 )
 from promptrun.providers import ErrorKind, ProviderError, get_provider, offline
@@ -48,6 +48,10 @@ from promptrun.waiting import (
     message_delay,
     wait_inline,
 )
+
+# The largest SQS batch the processor is deployed to take (template.yaml's ProcessorBatchSize,
+# its MaxValue): its model calls run side by side, one thread each but the invocation's own.
+MAX_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -174,9 +178,9 @@ class BatchRunner:
                 result.failed.extend(r.message_id for r, _ in pending.values())
                 break
             inline = {j: w for j, w in waits.items() if wait_inline(w, remaining_ms)}
-            for job_id, later in waits.items():
-                if job_id not in inline:
-                    self._come_back(job_id, pending[job_id][0], later, result)
+            self._come_back(
+                [(pending[j][0], j, w) for j, w in waits.items() if j not in inline], result
+            )
             if not inline:
                 break
             time.sleep(min(w.delay for w in inline.values()))
@@ -508,12 +512,18 @@ class BatchRunner:
             logger.warning("could not refresh the messages", extra={"error": type(exc).__name__})
 
     def _come_back(
-        self, job_id: uuid.UUID, record: Record, later: RetryLater, result: BatchResult
+        self, backs: list[tuple[Record, uuid.UUID, RetryLater]], result: BatchResult
     ) -> None:
-        """A fresh, delayed message for the job and the record acknowledged; without a queue
-        to send to, the record itself fails and comes back (unless coming back is optional)."""
-        came_back = send_back(self.queue, job_id, later, self._resend(record))
-        if came_back is None:
-            result.failed.append(record.message_id)
-        else:
-            result.outcomes[record.message_id] = came_back
+        """A fresh, delayed message for each job and its record acknowledged; without a queue
+        to send to (or when SQS refused it), the record itself fails and comes back (unless
+        coming back is optional)."""
+        if not backs:
+            return
+        came_back = send_back_all(
+            self.queue, [(job_id, later, self._resend(record)) for record, job_id, later in backs]
+        )
+        for (record, _, _), outcome in zip(backs, came_back, strict=True):
+            if outcome is None:
+                result.failed.append(record.message_id)
+            else:
+                result.outcomes[record.message_id] = outcome

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -19,7 +19,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptrun import jobs, limits
-from promptrun.aws import JobQueue
+from promptrun.aws import JobMessageOut, JobQueue
 from promptrun.db.enums import JobStatus
 from promptrun.db.sql import Conn, Database
 from promptrun.errors import InputError
@@ -117,18 +117,47 @@ def send_back(
     """A job that must come back: a fresh, delayed message, and the outcome of the record
     (acknowledged). None: the record itself must fail and come back (no queue or receipt
     handle to send with, or SQS refused), unless coming back was optional."""
-    metrics.add_metric(
-        name="JobsRetried" if later.retry else "JobsWaited", unit=MetricUnit.Count, value=1
-    )
-    if not resend or queue is None:
-        return Outcome.SKIPPED if later.optional else None
-    try:
-        queue.send_later(str(job_id), message_delay(later.delay), later.turn, later.slot_waits)
-        metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
-    except Exception as exc:  # the record comes back after its visibility timeout
-        logger.warning("could not send the job back", extra={"error": type(exc).__name__})
-        return None
-    return Outcome.RETRYING if later.retry else Outcome.WAITING
+    return send_back_all(queue, [(job_id, later, resend)])[0]
+
+
+def send_back_all(
+    queue: JobQueue | None, jobs_back: Sequence[tuple[uuid.UUID, RetryLater, bool]]
+) -> list[Outcome | None]:
+    """send_back for each (job, when, resend) in turn, the messages sent ten to a
+    SendMessageBatch call (a batch of 100 jobs beyond their limits: 10 calls, not 100)."""
+    for _, later, _ in jobs_back:
+        metrics.add_metric(
+            name="JobsRetried" if later.retry else "JobsWaited", unit=MetricUnit.Count, value=1
+        )
+    messages = [
+        JobMessageOut(str(job_id), message_delay(later.delay), later.turn, later.slot_waits)
+        for job_id, later, resend in jobs_back
+        if resend and queue is not None
+    ]
+    refused: set[str] = set()
+    if messages:
+        assert queue is not None
+        try:
+            result = queue.send(messages)
+            refused = set(result.failed)
+        except Exception as exc:  # these records come back after their visibility timeout
+            logger.warning("could not send the jobs back", extra={"error": type(exc).__name__})
+            refused = {m.job_id for m in messages}
+        if refused:
+            logger.warning("SQS did not take jobs sent back", extra={"jobs": len(refused)})
+        if len(messages) > len(refused):
+            metrics.add_metric(
+                name="JobMessagesSent", unit=MetricUnit.Count, value=len(messages) - len(refused)
+            )
+    outcomes: list[Outcome | None] = []
+    for job_id, later, resend in jobs_back:
+        if not resend or queue is None:
+            outcomes.append(Outcome.SKIPPED if later.optional else None)
+        elif str(job_id) in refused:
+            outcomes.append(None)
+        else:
+            outcomes.append(Outcome.RETRYING if later.retry else Outcome.WAITING)
+    return outcomes
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, text
 
 from promptrun import batch_completion, queries
-from promptrun.aws import SQS_BATCH, JobQueue
+from promptrun.aws import JobQueue
 from promptrun.batch_runner import BatchRunner, Record
 from promptrun.catalog import load_catalog, sync_catalog
 from promptrun.db import pg8000_fast
@@ -156,7 +156,18 @@ def _heaviest(importtime: str) -> str:
 
 # --- processor ------------------------------------------------------------------------------------
 
-PROMPTS, MODELS, RUNS = 100, 4, 5  # 2,000 jobs per run
+PROMPTS, MODELS, RUNS = 200, 4, 5  # 4,000 jobs per run: at 16 threads, 5 batches of 50 each
+COMPARED_BATCH = 10  # the SQS batch Lambda takes without a batching window
+
+
+def deployed_batch_size() -> int:
+    """The SQS batch size template.yaml deploys (ProcessorBatchSize's default)."""
+    import yaml
+
+    from tests.unit.test_template import CfnLoader
+
+    template = yaml.load((REPO / "template.yaml").read_text(), Loader=CfnLoader)
+    return int(template["Parameters"]["ProcessorBatchSize"]["Default"])
 
 
 def catalog() -> str:
@@ -255,12 +266,14 @@ class LockWaits:
 
 
 def processor(pg: Any, template: str) -> None:
+    size = deployed_batch_size()
     print(
-        "processor path: BatchRunner.run on SQS batches of 10 and the handler's completion check "
-        "after each, offline model with zero latency, "
-        "2 connections per instance (instances are threads of one process); each repetition "
-        "followed by one of Procrastinate's worker (no-op task, psycopg connector, same server) "
-        "at the same concurrency"
+        f"processor path: BatchRunner.run on SQS batches of {size} (template.yaml's "
+        "ProcessorBatchSize) and the handler's completion check after each, offline model with "
+        "zero latency, 2 connections per instance (instances are threads of one process); each "
+        "repetition followed by one of Procrastinate's worker (no-op task, psycopg connector, "
+        f"same server) at the same concurrency, then one of promptrun on batches of "
+        f"{COMPARED_BATCH}"
     )
     db = stack.create_test_database(pg, template)
     with Procrastinate(pg) as baseline:
@@ -271,18 +284,11 @@ def processor(pg: Any, template: str) -> None:
             sync_catalog(engine, load_catalog(catalog()))
             create_jobs(engine, FanoutRequest(at=AT), settings)
             sep = "&" if "?" in url else "?"
-            trips = itertools.count()
-            flush = pg8000_fast._flush
-
-            def counted(sock: Any) -> None:
-                next(trips)
-                flush(sock)
-
             for threads in THREADS:
                 # Each simulated instance is a thread with its own runner, call threads and
                 # pool of 2 connections (get_pool, keyed by the URL: an application_name
                 # each), as each Lambda instance has. They share one process, and so its GIL.
-                calls = ThreadPoolExecutor((SQS_BATCH - 1) * threads)
+                calls = ThreadPoolExecutor((size - 1) * threads)
                 runners = [
                     BatchRunner(get_pool(instance), instance, None, threads=calls)
                     for instance in (
@@ -294,30 +300,22 @@ def processor(pg: Any, template: str) -> None:
                 ]
                 samples = []
                 theirs: list[float] = []
+                compared: list[float] = []
                 for _ in range(3):
-                    bodies = _requeue(engine)
-                    batches = [bodies[i : i + SQS_BATCH] for i in range(0, len(bodies), SQS_BATCH)]
-                    # Instance i takes every threads-th batch, one after the other.
-                    shares = [batches[i::threads] for i in range(threads)]
-                    pg8000_fast._flush = counted  # type: ignore[assignment]
-                    before = next(trips)
-                    started = time.perf_counter()
-                    with LockWaits(url) as waits, ThreadPoolExecutor(threads) as pool:
-                        failed = sum(pool.map(_run_batches, runners, shares))
-                    seconds = time.perf_counter() - started
-                    if failed:  # e.g. a pool checkout that waited past its timeout
-                        print(f"      {failed} records failed")
-                    per_job = (next(trips) - before - 1) / len(bodies)
-                    pg8000_fast._flush = flush  # type: ignore[assignment]
-                    samples.append((len(bodies) / seconds, per_job, seconds * 1000 / len(bodies)))
+                    samples.append(_run_all(engine, url, runners, size))
                     if (their := baseline.rate(threads)) is not None:
                         theirs.append(their)
+                    compared.append(_run_all(engine, url, runners, COMPARED_BATCH)[0])
                 calls.shutdown()
                 rate = statistics.median(s[0] for s in samples)
                 line(f"{threads:>2} thread(s): jobs/s (median of 3)", f"{rate:,.0f}", ">= 2,000")
                 _baseline_lines([s[0] for s in samples], theirs, baseline.error)
+                line(
+                    f"    on SQS batches of {COMPARED_BATCH} instead, median of 3",
+                    f"{statistics.median(compared):,.0f}",
+                )
                 line("    round trips per job", f"{samples[-1][1]:.2f}", "a handful per SQS batch")
-                line("    sessions waiting on a row lock, of those active", waits.figure())
+                line("    sessions waiting on a row lock, of those active", samples[-1][3].figure())
                 if threads == 1:
                     overhead = statistics.median(s[2] for s in samples)
                     line(
@@ -332,6 +330,36 @@ def processor(pg: Any, template: str) -> None:
             dispose_engines()
         finally:
             stack.drop_database(pg, db)
+
+
+def _run_all(
+    engine: Engine, url: str, runners: list[BatchRunner], batch_size: int
+) -> tuple[float, float, float, LockWaits]:
+    """One run of every job on SQS batches of `batch_size`, the runners side by side: jobs/s,
+    round trips per job, ms per job, and the lock waits sampled meanwhile."""
+    trips = itertools.count()
+    flush = pg8000_fast._flush
+
+    def counted(sock: Any) -> None:
+        next(trips)
+        flush(sock)
+
+    bodies = _requeue(engine)
+    batches = [bodies[i : i + batch_size] for i in range(0, len(bodies), batch_size)]
+    # Instance i takes every n-th batch, one after the other.
+    shares = [batches[i :: len(runners)] for i in range(len(runners))]
+    pg8000_fast._flush = counted
+    try:
+        started = time.perf_counter()
+        with LockWaits(url) as waits, ThreadPoolExecutor(len(runners)) as pool:
+            failed = sum(pool.map(_run_batches, runners, shares))
+        seconds = time.perf_counter() - started
+    finally:
+        pg8000_fast._flush = flush
+    if failed:  # e.g. a pool checkout that waited past its timeout
+        print(f"      {failed} records failed")
+    per_job = next(trips) / len(bodies)
+    return len(bodies) / seconds, per_job, seconds * 1000 / len(bodies), waits
 
 
 def _baseline_lines(ours: list[float], theirs: list[float], error: str | None) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, text
 
 from promptrun import jobs
 from promptrun.aws import JobQueue
-from promptrun.batch_runner import BatchRunner, Record
+from promptrun.batch_runner import MAX_BATCH, BatchRunner, Record
 from promptrun.db import pg8000_fast
 from promptrun.db.pool import Pool
 from promptrun.processor import Outcome
@@ -275,6 +275,60 @@ def test_paused_and_limited_models_take_no_attempt(
     }
 
 
+class RefusingSqs:
+    """The real (moto) SQS client, counting the send calls; SendMessageBatch entries for the
+    jobs in `refuse` are reported failed (SenderFault), as SQS reports an entry it refuses."""
+
+    def __init__(self, sqs: Any, refuse: set[str]) -> None:
+        self.sqs = sqs
+        self.refuse = refuse
+        self.calls: Counter[str] = Counter()
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        self.calls["SendMessageBatch"] += 1
+        refused = [e for e in Entries if json.loads(e["MessageBody"])["job_id"] in self.refuse]
+        taken = [e for e in Entries if e not in refused]
+        answer = self.sqs.send_message_batch(QueueUrl=QueueUrl, Entries=taken) if taken else {}
+        failed = [
+            {"Id": e["Id"], "SenderFault": True, "Code": "InvalidParameterValue", "Message": "no"}
+            for e in refused
+        ]
+        return {"Successful": answer.get("Successful", []), "Failed": failed}
+
+    def send_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls["SendMessage"] += 1
+        return dict(self.sqs.send_message(**kwargs))
+
+
+def test_the_jobs_of_a_batch_that_must_come_back_go_ten_to_a_call(
+    engine: Engine, pool: Pool, settings: Settings, sqs: Any
+) -> None:
+    """30 jobs of a model that runs 2 at a time: 28 come back, sent in 3 SendMessageBatch
+    calls, each message delayed; a message SQS refuses fails its record (the
+    record is then the job's way back), the others' records are acknowledged."""
+    sync(
+        engine,
+        """
+models:
+  - {slug: narrow, provider: offline, model: n-1, max_concurrency: 2}
+prompts:
+  - {slug: p, text: "Which CRM?", schedule: daily, runs: 30}
+""",
+    )
+    fan_out(engine, settings)
+    receive_all(sqs, settings.jobs_queue_url, delete=True)
+    ids = job_ids(engine)
+    refused = {str(ids[-1])}  # admission takes the jobs in order: the last one waits
+    client = RefusingSqs(sqs, refused)
+    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or "", sqs=client))
+    result = runner.run([Record(f"r{i}", body(j), "rh") for i, j in enumerate(ids)])
+    assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 2, Outcome.WAITING: 27}
+    assert result.failed == [f"r{len(ids) - 1}"]
+    assert client.calls == {"SendMessageBatch": 3}
+    assert delayed(sqs, settings.jobs_queue_url) == 27
+    assert statuses(engine) == {"succeeded": 2, "queued": 28}
+
+
 def test_concurrent_batches_with_overlapping_ids_run_each_job_once(
     engine: Engine, pool: Pool, settings: Settings
 ) -> None:
@@ -383,30 +437,33 @@ def count_trips() -> tuple[itertools.count[int], Any]:
 def test_round_trips_per_batch(
     engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch of ten jobs of one limited model: claimed in one transaction (lock, admit, claim)
-    and finished in one statement (store, complete, release), whatever the batch's size."""
+    """A batch of the largest size the template deploys, one limited model's jobs: claimed in
+    one statement (lock, admit, claim) and finished in one (store, complete, release)."""
     from promptrun.db.pool import dispose_pools, get_pool
 
     sync(
         engine,
-        """
+        f"""
 models:
-  - {slug: m, provider: offline, model: m-1, max_concurrency: 100}
+  - {{slug: m, provider: offline, model: m-1, max_concurrency: {MAX_BATCH}}}
 prompts:
-  - {slug: p, text: "Which CRM?", schedule: daily, runs: 10}
+  - {{slug: first, text: "Which ERP?", schedule: daily, runs: 1}}
+  - {{slug: p, text: "Which CRM?", schedule: daily, runs: {MAX_BATCH}}}
 """,
     )
     fan_out(engine, settings)
     fast = get_pool(settings)  # the processor's: pg8000_fast, 2 connections
     try:
         runner = BatchRunner(fast, settings, None)
-        records = [Record(str(i), body(j)) for i, j in enumerate(job_ids(engine))]
-        runner.run(records[:1])  # connections opened, statements converted once
+        of_p = "j.prompt_id = (SELECT id FROM prompts WHERE slug = 'p')"
+        records = [Record(str(i), body(j)) for i, j in enumerate(job_ids(engine, of_p))]
+        (first,) = job_ids(engine, f"NOT {of_p}")
+        runner.run([Record("first", body(first))])  # connections opened, statements prepared
         trips, counted = count_trips()
         monkeypatch.setattr(pg8000_fast, "_flush", counted)
-        result = runner.run(records[1:])
+        result = runner.run(records)
         ran = next(trips)
-        assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: 9}
+        assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: MAX_BATCH}
         # Two statements, each its own transaction (no BEGIN, no COMMIT): one locks the jobs
         # and their limits rows, takes the slots and claims; one stores every answer,
         # completes the jobs and releases the slots.
@@ -418,6 +475,56 @@ prompts:
         assert next(trips) == 1  # one statement
     finally:
         dispose_pools()
+
+
+class AllAtOnce(OfflineProvider):
+    """The offline model, answering only once `calls` calls are in flight together."""
+
+    def __init__(self, calls: int) -> None:
+        self.together = threading.Barrier(calls)
+
+    def answer(self, call: ModelCall, prompt: str, system: str | None) -> Completion:
+        self.together.wait(10)  # broken (and every call failed) when fewer ever overlap
+        return super().answer(call, prompt, system)
+
+
+def test_the_handler_makes_every_call_of_the_largest_batch_side_by_side(
+    engine: Engine,
+    pool: Pool,
+    settings: Settings,
+    sqs: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    db_url: str,
+) -> None:
+    """A batch of template.yaml's largest ProcessorBatchSize: the handler's call threads and
+    the invocation's own make all its model calls at once."""
+    from promptrun.local.lambda_runtime import load_handler
+    from promptrun.settings import get_settings
+
+    sync(
+        engine,
+        f"""
+models:
+  - {{slug: m, provider: offline, model: m-1, params: {{latency_ms: 1}}, max_concurrency: 1000}}
+prompts:
+  - {{slug: p, text: "Which CRM?", schedule: daily, runs: {MAX_BATCH}}}
+""",
+    )
+    fan_out(engine, settings)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("JOBS_QUEUE_URL", settings.jobs_queue_url or "")
+    get_settings.cache_clear()
+    try:
+        handler = load_handler("processor", fresh=True)
+    finally:
+        get_settings.cache_clear()
+    provider = AllAtOnce(MAX_BATCH)
+    runner = BatchRunner(
+        pool, settings, None, providers=lambda n, s: provider, threads=handler.threads
+    )
+    result = runner.run([Record(str(i), body(j)) for i, j in enumerate(job_ids(engine))])
+    assert Counter(result.outcomes.values()) == {Outcome.SUCCEEDED: MAX_BATCH}
+    assert statuses(engine) == {"succeeded": MAX_BATCH}
 
 
 def test_one_job_that_cannot_be_stored_costs_only_itself(

@@ -2,7 +2,7 @@
 later than the one before (up to SQS's 900 s), the count travelling in the job's message, so
 an hour of waiting costs about a dozen messages, on both the batch path (BatchRunner, what the
 processor handler runs) and JobRunner's; only the first short waits are slept through in an
-invocation. Real PostgreSQL and moto's SQS; the delays are read from the SendMessage calls."""
+invocation. Real PostgreSQL and moto's SQS; the delays are read from the messages as sent."""
 
 from __future__ import annotations
 
@@ -38,14 +38,20 @@ Look = Callable[[dict[str, str]], None]
 
 
 class Sent:
-    """The SendMessage calls a JobQueue makes to moto, as sent (body, DelaySeconds)."""
+    """The messages a JobQueue sends to moto (SendMessage, or each entry of SendMessageBatch),
+    as sent (body, DelaySeconds)."""
 
     def __init__(self, queue: JobQueue) -> None:
         self.calls: list[dict[str, Any]] = []
-        queue.sqs.meta.events.register("provide-client-params.sqs.SendMessage", self._seen)
+        events = queue.sqs.meta.events
+        events.register("provide-client-params.sqs.SendMessage", self._seen)
+        events.register("provide-client-params.sqs.SendMessageBatch", self._seen_batch)
 
     def _seen(self, params: dict[str, Any], **_: Any) -> None:
         self.calls.append(dict(params))
+
+    def _seen_batch(self, params: dict[str, Any], **_: Any) -> None:
+        self.calls.extend(dict(entry) for entry in params["Entries"])
 
     def take(self) -> list[tuple[dict[str, Any], int]]:
         out = [(json.loads(c["MessageBody"]), int(c.get("DelaySeconds", 0))) for c in self.calls]

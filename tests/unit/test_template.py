@@ -64,6 +64,20 @@ def test_the_processor_has_its_own_role_and_no_sam_generated_one(template: dict[
     assert jobs["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "ProcessorMaxConcurrency"}}
 
 
+def test_the_processor_takes_batches_its_call_threads_make_side_by_side(
+    template: dict[str, Any],
+) -> None:
+    from promptrun.batch_runner import MAX_BATCH
+
+    size = template["Parameters"]["ProcessorBatchSize"]
+    assert size["MinValue"] == 1 and size["MaxValue"] == MAX_BATCH
+    assert 1 <= size["Default"] <= MAX_BATCH
+    jobs = resources(template)["ProcessorFunction"]["Properties"]["Events"]["Jobs"]["Properties"]
+    assert jobs["BatchSize"] == {"Ref": "ProcessorBatchSize"}
+    # Lambda takes more than 10 SQS records at once only with a batching window of 1 s or more.
+    assert jobs["MaximumBatchingWindowInSeconds"] >= 1
+
+
 def test_the_processor_role_has_no_sqs_action_on_every_resource(template: dict[str, Any]) -> None:
     role = resources(template)["ProcessorRole"]
     managed = str(role["Properties"]["ManagedPolicyArns"])

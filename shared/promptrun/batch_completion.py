@@ -67,13 +67,26 @@ def finished_batches_of(database: Database, sqs_event: dict[str, Any]) -> list[s
     return finished_batches(database, job_ids(sqs_event))
 
 
+# The batches' live jobs counted from the status summaries (job_counts and its pending deltas,
+# promptrun.summaries), which every job's move updates in its own transaction: under one
+# snapshot they count what prompt_jobs holds, in a few rows per batch. Read from prompt_jobs,
+# the check cost a batch's live jobs each time: with statistics taken before a fan-out (every
+# job queued: "few live rows"), the planner hashed every live job for each check. Should the
+# summaries ever disagree, `complete` re-reads prompt_jobs before it sends anything, and the
+# fan-out's sweep completes a batch this check missed.
 _FINISHED_BATCHES = text(
-    """SELECT b.batch_key FROM (
+    """WITH b AS MATERIALIZED (
            SELECT DISTINCT batch_key FROM prompt_jobs
            WHERE id = ANY(CAST(string_to_array(:ids, ',') AS uuid[]))
-       ) b
-       WHERE NOT EXISTS (SELECT 1 FROM prompt_jobs j WHERE j.batch_key = b.batch_key
-                         AND j.status IN ('queued', 'processing'))"""
+       ), live AS (
+           SELECT c.batch_key, c.jobs FROM job_counts c
+           WHERE c.batch_key IN (SELECT batch_key FROM b) AND c.status IN ('queued', 'processing')
+           UNION ALL
+           SELECT p.batch_key, p.jobs FROM job_counts_pending p
+           WHERE p.batch_key IN (SELECT batch_key FROM b) AND p.status IN ('queued', 'processing')
+       )
+       SELECT b.batch_key FROM b
+       WHERE (SELECT coalesce(sum(l.jobs), 0) FROM live l WHERE l.batch_key = b.batch_key) = 0"""
 )
 
 

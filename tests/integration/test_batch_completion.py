@@ -154,6 +154,59 @@ def test_the_completion_check_reads_the_ids_of_well_formed_records_only() -> Non
     assert batch_completion.job_ids({}) == []
 
 
+def test_the_check_finds_the_batches_prompt_jobs_has_nothing_live_in(
+    engine: Engine, settings: Settings
+) -> None:
+    """The check counts live jobs from the summaries: through claims, finishes, a retry and
+    compaction, it names exactly the batches that prompt_jobs itself has nothing live in."""
+    from promptrun.fanout import create_jobs
+
+    sync_catalog(engine, load_catalog(CATALOG))
+    for at in (AT, datetime(2026, 11, 23, 13, tzinfo=UTC)):
+        create_jobs(engine, FanoutRequest(at=at), settings)
+    with engine.connect() as conn:
+        ids = [str(r[0]) for r in conn.execute(text("SELECT id FROM prompt_jobs"))]
+        second = [
+            str(r[0])
+            for r in conn.execute(text("SELECT id FROM prompt_jobs WHERE batch_key = '2026-11-23'"))
+        ]
+
+    def step(sql: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(text(sql))
+
+    def truth() -> list[str]:
+        with engine.connect() as conn:
+            return sorted(
+                r[0]
+                for r in conn.execute(
+                    text(
+                        "SELECT batch_key FROM prompt_jobs GROUP BY batch_key HAVING count(*) "
+                        "FILTER (WHERE status IN ('queued', 'processing')) = 0"
+                    )
+                )
+            )
+
+    first = "batch_key = '2026-11-22'"
+    states = [
+        (f"UPDATE prompt_jobs SET status = 'processing' WHERE {first}", []),
+        (f"UPDATE prompt_jobs SET status = 'succeeded' WHERE {first} AND run_index = 0", []),
+        (f"UPDATE prompt_jobs SET status = 'failed' WHERE {first}", ["2026-11-22"]),
+        ("SELECT promptrun_compact_summaries()", ["2026-11-22"]),
+        (f"UPDATE prompt_jobs SET status = 'queued' WHERE {first} AND run_index = 1", []),
+        ("UPDATE prompt_jobs SET status = 'cancelled'", ["2026-11-22", "2026-11-23"]),
+        ("SELECT promptrun_compact_summaries()", ["2026-11-22", "2026-11-23"]),
+        ("UPDATE prompt_jobs SET status = 'processing' WHERE run_index = 2", []),
+    ]
+    assert batch_completion.finished_batches(engine, ids) == truth() == []
+    for sql, finished in states:
+        step(sql)
+        assert batch_completion.finished_batches(engine, ids) == truth() == finished, sql
+        # only the batches of the jobs it is given
+        only_second = [b for b in finished if b == "2026-11-23"]
+        assert batch_completion.finished_batches(engine, second) == only_second, sql
+
+
 def test_an_unfinished_batch_is_not_completed(engine: Engine, bus: EventCapture) -> None:
     sync_catalog(engine, load_catalog(BRANDS_CATALOG))
     a = Answers(engine)

@@ -10,13 +10,14 @@ first executions (DATABASE_PREPARED_STATEMENTS), made with no values at all."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
-from promptrun import batch_jobs, limits
+from promptrun import batch_completion, batch_jobs, limits
 from promptrun.db.pool import Pool
 from promptrun.db.sql import Sql
 from promptrun.fanout import FanoutRequest, create_jobs
@@ -111,3 +112,15 @@ def test_the_finishing_statement_reads_its_jobs_by_key(
     )
     assert "pk_prompt_jobs" in plan, plan
     assert "ix_prompt_jobs_live" not in plan, plan
+
+
+def test_the_completion_check_reads_no_live_job(
+    engine: Engine, settings: Settings, plan_of: Any
+) -> None:
+    """After every batch the processor checks whether its jobs' batches have anything left:
+    from the summaries, so of prompt_jobs only its own jobs' rows, by key (read from
+    prompt_jobs, the check hashed every live job each time)."""
+    jobs = _stale_statistics(engine, settings)
+    plan = plan_of(batch_completion._FINISHED_BATCHES, {"ids": ",".join(i for i, _ in jobs)})
+    assert set(re.findall(r"\b(ix_prompt_jobs_\w+|pk_prompt_jobs)\b", plan)) == {"pk_prompt_jobs"}
+    assert "Seq Scan on prompt_jobs" not in plan, plan

@@ -284,7 +284,7 @@ class RefusingSqs:
         self.refuse = refuse
         self.calls: Counter[str] = Counter()
 
-    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         self.calls["SendMessageBatch"] += 1
         refused = [e for e in Entries if json.loads(e["MessageBody"])["job_id"] in self.refuse]
         taken = [e for e in Entries if e not in refused]

@@ -140,11 +140,11 @@ def send_back_all(
         try:
             result = queue.send(messages)
             refused = set(result.failed)
+            if refused:
+                logger.warning("SQS did not take jobs sent back", extra={"jobs": len(refused)})
         except Exception as exc:  # these records come back after their visibility timeout
             logger.warning("could not send the jobs back", extra={"error": type(exc).__name__})
             refused = {m.job_id for m in messages}
-        if refused:
-            logger.warning("SQS did not take jobs sent back", extra={"jobs": len(refused)})
         if len(messages) > len(refused):
             metrics.add_metric(
                 name="JobMessagesSent", unit=MetricUnit.Count, value=len(messages) - len(refused)

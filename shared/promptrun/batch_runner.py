@@ -21,7 +21,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from promptrun import batch_jobs, jobs, limits
-from promptrun.aws import JobQueue
+from promptrun.aws import JobMessageOut, JobQueue
 from promptrun.batch_jobs import Finished, Locked
 from promptrun.db.enums import JobStatus
 from promptrun.db.sql import Conn, Database
@@ -156,7 +156,7 @@ class BatchRunner:
                 result.outcomes[record.message_id] = Outcome.SKIPPED
                 continue
             pending[message.job_id] = (record, message.hint)
-        self._refresh([(j, r) for j, (r, _) in pending.items() if self._refreshable(r)])
+        self._refresh([(j, h) for j, (r, h) in pending.items() if self._refreshable(r)])
         self._rounds(pending, remaining_ms, result)
         counts = Counter(result.outcomes.values())
         for outcome, n in counts.items():
@@ -497,15 +497,16 @@ class BatchRunner:
     def _refreshable(self, record: Record) -> bool:
         return self._resend(record) and record.receive_count >= REFRESH_RECEIVE_COUNT
 
-    def _refresh(self, stale_records: list[tuple[uuid.UUID, Record]]) -> None:
+    def _refresh(self, stale: list[tuple[uuid.UUID, Hint]]) -> None:
         """Records received this often outlived processors that died holding them: a fresh
-        copy each, delayed past the lease this attempt may take, keeps the job's way back
-        short of the DLQ (one SendMessageBatch per ten)."""
-        if not stale_records or self.queue is None:
+        copy each, with the record's hints, delayed past the lease this attempt may take, keeps
+        the job's way back short of the DLQ (one SendMessageBatch per ten)."""
+        if not stale or self.queue is None:
             return
+        delay = message_delay(self.settings.lease_seconds + 1)
         try:
-            sent = self.queue.send_jobs(
-                [str(j) for j, _ in stale_records], message_delay(self.settings.lease_seconds + 1)
+            sent = self.queue.send(
+                [JobMessageOut(str(j), delay, h.turn, h.slot_waits) for j, h in stale]
             )
             metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=len(sent.sent))
         except Exception as exc:  # no worse than before: these records still count

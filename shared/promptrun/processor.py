@@ -185,7 +185,7 @@ class JobRunner:
         message = parse_message(body)
         resend = self.queue is not None and receipt_handle is not None
         if resend and receive_count >= REFRESH_RECEIVE_COUNT:
-            self._refresh(message.job_id)
+            self._refresh(message.job_id, message.hint)
         hint = message.hint
         try:
             while True:
@@ -208,12 +208,14 @@ class JobRunner:
         metrics.add_metric(name=f"Jobs{outcome.value.title()}", unit=MetricUnit.Count, value=1)
         return outcome
 
-    def _refresh(self, job_id: uuid.UUID) -> None:
-        """A record received this often outlived processors that died holding it: a fresh copy,
-        delayed past the lease this attempt may take, keeps the job's way back short of the DLQ."""
+    def _refresh(self, job_id: uuid.UUID, hint: Hint) -> None:
+        """A record received this often outlived processors that died holding it: a fresh copy
+        with its hints, delayed past the lease this attempt may take, keeps the job's way back
+        short of the DLQ."""
         assert self.queue is not None
         try:
-            self.queue.send_later(str(job_id), message_delay(self.settings.lease_seconds + 1))
+            delay = message_delay(self.settings.lease_seconds + 1)
+            self.queue.send_later(str(job_id), delay, hint.turn, hint.slot_waits)
             metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
         except Exception as exc:  # no worse than before: this record still counts
             logger.warning("could not refresh the message", extra={"error": type(exc).__name__})

@@ -250,8 +250,9 @@ def test_records_received_again_and_again_are_refreshed_in_a_batch(
     engine: Engine, pool: Pool, settings: Settings, sqs: Any
 ) -> None:
     """Records that processors died holding (their third receive) get a fresh copy each,
-    delayed past the lease, before they run: their receive counts never walk them into the
-    DLQ. A record received less often is not copied."""
+    with the record's hints, delayed past the lease, before they run: their receive counts
+    never walk them into the DLQ, and a job's count of waits for a slot is not lost. A record
+    received less often is not copied."""
     sync(
         engine,
         "models:\n  - {slug: a, provider: offline, model: a-1}\n"
@@ -259,12 +260,22 @@ def test_records_received_again_and_again_are_refreshed_in_a_batch(
     )
     fan_out(engine, settings)
     messages = receive_all(sqs, settings.jobs_queue_url, delete=True)
+    hints: list[dict[str, Any]] = [{"slot_waits": 4}, {"turn": 1.5}, {}]
+    bodies = [{**json.loads(m["Body"]), **h} for m, h in zip(messages, hints, strict=True)]
     batch = [
-        Record(m["MessageId"], m["Body"], m["ReceiptHandle"], receive_count=count)
-        for m, count in zip(messages, (3, 4, 2), strict=True)
+        Record(m["MessageId"], json.dumps(b), m["ReceiptHandle"], receive_count=count)
+        for m, b, count in zip(messages, bodies, (3, 4, 2), strict=True)
     ]
-    runner = BatchRunner(pool, settings, JobQueue(settings.jobs_queue_url or ""))
+    queue = JobQueue(settings.jobs_queue_url or "")
+    sent: list[dict[str, Any]] = []
+    queue.sqs.meta.events.register(
+        "provide-client-params.sqs.SendMessageBatch",
+        lambda params, **_: sent.extend(params["Entries"]),
+    )
+    runner = BatchRunner(pool, settings, queue)
     result = runner.run(batch)
     assert set(result.outcomes.values()) == {Outcome.SUCCEEDED}
     assert delayed(sqs, settings.jobs_queue_url) == 2  # the copies, for after the lease
+    assert [json.loads(e["MessageBody"]) for e in sent] == bodies[:2]
+    assert {e["DelaySeconds"] for e in sent} == {settings.lease_seconds + 1}
     assert receive_all(sqs, settings.jobs_queue_url) == []

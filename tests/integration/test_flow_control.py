@@ -640,8 +640,9 @@ def test_rate_limit_headers_of_an_answer_hold_the_model_back(
 def test_a_record_received_again_and_again_is_refreshed(
     engine: Engine, settings: Settings, sqs: Any
 ) -> None:
-    """A record that processors died holding (its third receive) gets a fresh copy, delayed
-    past the lease, before it runs: its receive count never walks it into the DLQ."""
+    """A record that processors died holding (its third receive) gets a fresh copy with its
+    hints, delayed past the lease, before it runs: its receive count never walks it into the
+    DLQ, and its count of waits for a slot is not lost."""
     sync(
         engine,
         "models:\n  - {slug: a, provider: offline, model: a-1}\nprompts:\n  - {slug: p, text: x, schedule: daily}\n",
@@ -650,11 +651,14 @@ def test_a_record_received_again_and_again_is_refreshed(
     (msg,) = receive_all(sqs, settings.jobs_queue_url, delete=True)
     settings = with_settings(settings, lease_seconds=5)
     runner = runner_for(engine, settings)
-    assert runner.handle(msg["Body"], msg["ReceiptHandle"], receive_count=3) == Outcome.SUCCEEDED
+    hinted = {**json.loads(msg["Body"]), "slot_waits": 2}
+    outcome = runner.handle(json.dumps(hinted), msg["ReceiptHandle"], receive_count=3)
+    assert outcome == Outcome.SUCCEEDED
     assert receive_all(sqs, settings.jobs_queue_url) == []
     time.sleep(6.2)
     (fresh,) = receive_all(sqs, settings.jobs_queue_url, delete=True)
     assert fresh["Attributes"]["ApproximateReceiveCount"] == "1"
+    assert json.loads(fresh["Body"]) == hinted
     assert runner.handle(fresh["Body"], fresh["ReceiptHandle"]) == Outcome.SKIPPED  # done
 
 

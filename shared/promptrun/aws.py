@@ -156,17 +156,6 @@ class JobQueue:
         failed.update({k: v for k, v in errors.items() if k not in sent})
         return sent, failed
 
-    def send_later(
-        self, job_id: str, delay_seconds: int, turn: float | None = None, slot_waits: int = 0
-    ) -> None:
-        """A fresh message for one job, visible after `delay_seconds` (at most 900), with the
-        job's turn behind a rate limit and its count of waits for a slot as hints. Raises when
-        SQS did not take it."""
-        message = JobMessageOut(job_id, delay_seconds, turn, slot_waits)
-        self.sqs.send_message(
-            QueueUrl=self.queue_url, MessageBody=message.body(), DelaySeconds=message.delay
-        )
-
 
 class ContinuationQueue:
     """The fan-out's own queue: a message on it invokes the fan-out again to send what an

@@ -21,7 +21,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from promptrun import batch_jobs, jobs, limits
-from promptrun.aws import JobMessageOut, JobQueue
+from promptrun.aws import JobQueue
 from promptrun.batch_jobs import Finished, Locked
 from promptrun.db.enums import JobStatus
 from promptrun.db.sql import Conn, Database
@@ -34,6 +34,7 @@ from promptrun.processor import (
     JobRunner,
     Outcome,
     parse_message,
+    refresh,
     send_back_all,
     unclaimable,
 )
@@ -45,7 +46,6 @@ from promptrun.waiting import (
     RetryLater,
     demand_for,
     held,
-    message_delay,
     wait_inline,
 )
 
@@ -498,19 +498,8 @@ class BatchRunner:
         return self._resend(record) and record.receive_count >= REFRESH_RECEIVE_COUNT
 
     def _refresh(self, stale: list[tuple[uuid.UUID, Hint]]) -> None:
-        """Records received this often outlived processors that died holding them: a fresh
-        copy each, with the record's hints, delayed past the lease this attempt may take, keeps
-        the job's way back short of the DLQ (one SendMessageBatch per ten)."""
-        if not stale or self.queue is None:
-            return
-        delay = message_delay(self.settings.lease_seconds + 1)
-        try:
-            sent = self.queue.send(
-                [JobMessageOut(str(j), delay, h.turn, h.slot_waits) for j, h in stale]
-            )
-            metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=len(sent.sent))
-        except Exception as exc:  # no worse than before: these records still count
-            logger.warning("could not refresh the messages", extra={"error": type(exc).__name__})
+        if self.queue is not None:
+            refresh(self.queue, stale, self.settings.lease_seconds)
 
     def _come_back(
         self, backs: list[tuple[Record, uuid.UUID, RetryLater]], result: BatchResult

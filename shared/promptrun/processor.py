@@ -160,6 +160,25 @@ def send_back_all(
     return outcomes
 
 
+def refresh(queue: JobQueue, stale: Sequence[tuple[uuid.UUID, Hint]], lease_seconds: int) -> None:
+    """Records received this often outlived processors that died holding them: a fresh copy
+    each, with the record's hints, delayed past the lease this attempt may take, keeps the
+    job's way back short of the DLQ (ten to a SendMessageBatch call). No worse than before
+    when it fails: the records still count."""
+    if not stale:
+        return
+    delay = message_delay(lease_seconds + 1)
+    try:
+        result = queue.send([JobMessageOut(str(j), delay, h.turn, h.slot_waits) for j, h in stale])
+    except Exception as exc:
+        logger.warning("could not refresh the messages", extra={"error": type(exc).__name__})
+        return
+    if result.failed:
+        logger.warning("SQS did not take refreshed messages", extra={"jobs": len(result.failed)})
+    if result.sent:
+        metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=len(result.sent))
+
+
 @dataclass
 class JobRunner:
     engine: Database
@@ -209,16 +228,8 @@ class JobRunner:
         return outcome
 
     def _refresh(self, job_id: uuid.UUID, hint: Hint) -> None:
-        """A record received this often outlived processors that died holding it: a fresh copy
-        with its hints, delayed past the lease this attempt may take, keeps the job's way back
-        short of the DLQ."""
         assert self.queue is not None
-        try:
-            delay = message_delay(self.settings.lease_seconds + 1)
-            self.queue.send_later(str(job_id), delay, hint.turn, hint.slot_waits)
-            metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=1)
-        except Exception as exc:  # no worse than before: this record still counts
-            logger.warning("could not refresh the message", extra={"error": type(exc).__name__})
+        refresh(self.queue, [(job_id, hint)], self.settings.lease_seconds)
 
     def _claim(
         self, job_id: uuid.UUID, hint: Hint = NO_HINT

@@ -11,10 +11,9 @@ entities from a fixed list of made-up names. Catalogue params can simulate fault
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 
-from promptrun.extraction import Entity
+from promptrun.extraction import ExtractionResult
 from promptrun.providers.base import Completion, ErrorKind, Extraction, ModelCall, ProviderError
 
 LABEL = "[offline synthetic answer]"
@@ -43,7 +42,7 @@ def waits(params: dict[str, object]) -> bool:
 
 
 def _words(text: str) -> int:
-    return max(1, len(re.findall(r"\S+", text)))
+    return max(1, len(text.split()))  # the runs of non-space characters
 
 
 class OfflineProvider:
@@ -111,21 +110,22 @@ class OfflineProvider:
             if pos >= 0:
                 found.append((pos, name, kind))
         found.sort()
-        entities = []
+        lines = answer.splitlines()
+        raw: list[dict[str, object]] = []
         for rank, (_pos, name, kind) in enumerate(found, 1):
-            line = next(x for x in answer.splitlines() if name in x)
+            line = next(x for x in lines if name in x)
             mood = next((s for s in SENTIMENTS if f"a {s} pick" in line), None)
-            entities.append(
-                Entity.model_validate(
-                    {
-                        "name": name,
-                        "type": kind,
-                        "rank": rank,
-                        "sentiment": mood,
-                        "snippet": line.strip()[:200],
-                    }
-                )
+            raw.append(
+                {
+                    "name": name,
+                    "type": kind,
+                    "rank": rank,
+                    "sentiment": mood,
+                    "snippet": line.strip()[:200],
+                }
             )
+        # Validated as a real provider's result is: the whole list in one pass.
+        entities = ExtractionResult.model_validate({"entities": raw}).entities
         return Extraction(
             entities=entities, input_tokens=_words(answer), output_tokens=3 * len(entities)
         )

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from promptrun.db.pool import dispose_pools, get_pool
 from promptrun.fanout import FanoutRequest, create_jobs, send_until
 from promptrun.operator import prompt_states
 from promptrun.settings import Settings
-from tests.bench import dataset, operator_bench
+from tests.bench import cpu, dataset, operator_bench
 from tests.bench.layer_cold import layer_cold_start
 from tests.bench.sqs_standin import SqsStandIn
 from tests.support import stack
@@ -45,6 +46,7 @@ from tests.support import stack
 REPO = Path(__file__).resolve().parents[2]
 BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 THREADS = (1, 4, 16)
+CORES = os.cpu_count() or 1
 AT = datetime(2026, 11, 22, 13, tzinfo=UTC)
 
 
@@ -109,28 +111,7 @@ def cold_start() -> None:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     for name, init in _INIT.items():
-        # CPU time too: on a shared machine the wall clock mostly measures the neighbours.
-        code = (
-            "import time; t, c = time.perf_counter(), time.process_time(); import app; "
-            f"{init}; print(round((time.perf_counter() - t) * 1000), "
-            "round((time.process_time() - c) * 1000))"
-        )
-        totals, cpus, heavy = [], [], ""
-        for run in range(COLD_RUNS + 1):
-            done = subprocess.run(
-                [sys.executable, "-X", "importtime", "-c", code],
-                cwd=REPO / "functions" / name,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            if run == 0:
-                continue  # bytecode written
-            wall, cpu = done.stdout.strip().splitlines()[-1].split()
-            totals.append(int(wall))
-            cpus.append(int(cpu))
-            heavy = _heaviest(done.stderr)
+        totals, cpus, heavy = _cold_runs(f"import app; {init}", REPO / "functions" / name, env)
         goal = "< 300 ms" if name == "processor" else ""
         line(
             f"{name}: import + init, wall (CPU), median of {COLD_RUNS}",
@@ -139,6 +120,53 @@ def cold_start() -> None:
         )
         line("    fastest - slowest run, wall", f"{min(totals)} - {max(totals)} ms")
         print(f"      heaviest top-level imports: {heavy}")
+        if name == "processor":
+            # What the processor cannot start without, measured the same way: the floor
+            # that promptrun's own modules add to.
+            totals, cpus, _ = _cold_runs(_PROCESSOR_STACK, REPO, env)
+            line(
+                "    its stack alone (pg8000, pydantic, Powertools), wall (CPU)",
+                f"{statistics.median(totals)} ms ({statistics.median(cpus)} ms)",
+            )
+
+
+# The libraries the processor needs before its first job, each as it uses them: the driver,
+# pydantic with a model built (the first build imports pydantic's schema machinery; the
+# processor validates every SQS body and every answer), Powertools' Logger and Metrics, a
+# thread pool for the calls.
+_PROCESSOR_STACK = (
+    "import concurrent.futures, pg8000, pydantic; "
+    "from aws_lambda_powertools import Logger, Metrics; "
+    "pydantic.create_model('Body', job_id=(str, ...))"
+)
+
+
+def _cold_runs(init: str, cwd: Path, env: dict[str, str]) -> tuple[list[int], list[int], str]:
+    """`init` in a fresh process, COLD_RUNS times after one that writes the bytecode: wall
+    and CPU ms of each run (on a shared machine the wall clock mostly measures the
+    neighbours), and the last run's heaviest top-level imports."""
+    code = (
+        "import time; t, c = time.perf_counter(), time.process_time(); "
+        f"{init}; print(round((time.perf_counter() - t) * 1000), "
+        "round((time.process_time() - c) * 1000))"
+    )
+    totals, cpus, heavy = [], [], ""
+    for run in range(COLD_RUNS + 1):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", code],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        if run == 0:
+            continue  # bytecode written
+        wall, cpu_ms = done.stdout.strip().splitlines()[-1].split()
+        totals.append(int(wall))
+        cpus.append(int(cpu_ms))
+        heavy = _heaviest(done.stderr)
+    return totals, cpus, heavy
 
 
 def _heaviest(importtime: str) -> str:
@@ -302,22 +330,30 @@ def processor(pg: Any, template: str) -> None:
                 theirs: list[float] = []
                 compared: list[float] = []
                 for _ in range(3):
-                    samples.append(_run_all(engine, url, runners, size))
+                    samples.append(_run_all(engine, url, runners, size, pg.data_dir))
                     if (their := baseline.rate(threads)) is not None:
                         theirs.append(their)
-                    compared.append(_run_all(engine, url, runners, COMPARED_BATCH)[0])
+                    compared.append(
+                        _run_all(engine, url, runners, COMPARED_BATCH, pg.data_dir).rate
+                    )
                 calls.shutdown()
-                rate = statistics.median(s[0] for s in samples)
+                rate = statistics.median(s.rate for s in samples)
                 line(f"{threads:>2} thread(s): jobs/s (median of 3)", f"{rate:,.0f}", ">= 2,000")
-                _baseline_lines([s[0] for s in samples], theirs, baseline.error)
+                _baseline_lines([s.rate for s in samples], theirs, baseline.error)
                 line(
                     f"    on SQS batches of {COMPARED_BATCH} instead, median of 3",
                     f"{statistics.median(compared):,.0f}",
                 )
-                line("    round trips per job", f"{samples[-1][1]:.2f}", "a handful per SQS batch")
-                line("    sessions waiting on a row lock, of those active", samples[-1][3].figure())
+                line(
+                    "    round trips per job", f"{samples[-1].trips:.2f}", "a handful per SQS batch"
+                )
+                line(
+                    "    sessions waiting on a row lock, of those active",
+                    samples[-1].waits.figure(),
+                )
+                _cpu_lines(samples, threads)
                 if threads == 1:
-                    overhead = statistics.median(s[2] for s in samples)
+                    overhead = statistics.median(s.ms for s in samples)
                     line(
                         "    overhead per job beside the model call", f"{overhead:.2f} ms", "< 2 ms"
                     )
@@ -332,11 +368,24 @@ def processor(pg: Any, template: str) -> None:
             stack.drop_database(pg, db)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One run of every job: jobs/s, round trips and wall ms per job, the lock waits sampled
+    meanwhile, and the CPU ms per job of the bench process (promptrun's side, the offline
+    model's work included) and of the server."""
+
+    rate: float
+    trips: float
+    ms: float
+    waits: LockWaits
+    client_cpu: float
+    server_cpu: float
+
+
 def _run_all(
-    engine: Engine, url: str, runners: list[BatchRunner], batch_size: int
-) -> tuple[float, float, float, LockWaits]:
-    """One run of every job on SQS batches of `batch_size`, the runners side by side: jobs/s,
-    round trips per job, ms per job, and the lock waits sampled meanwhile."""
+    engine: Engine, url: str, runners: list[BatchRunner], batch_size: int, data_dir: Path
+) -> Run:
+    """One run of every job on SQS batches of `batch_size`, the runners side by side."""
     trips = itertools.count()
     flush = pg8000_fast._flush
 
@@ -350,16 +399,35 @@ def _run_all(
     shares = [batches[i :: len(runners)] for i in range(len(runners))]
     pg8000_fast._flush = counted
     try:
+        meter = cpu.Meter.start(data_dir)
         started = time.perf_counter()
         with LockWaits(url) as waits, ThreadPoolExecutor(len(runners)) as pool:
             failed = sum(pool.map(_run_batches, runners, shares))
         seconds = time.perf_counter() - started
+        client, server = meter.per_job(len(bodies))
     finally:
         pg8000_fast._flush = flush
     if failed:  # e.g. a pool checkout that waited past its timeout
         print(f"      {failed} records failed")
-    per_job = next(trips) / len(bodies)
-    return len(bodies) / seconds, per_job, seconds * 1000 / len(bodies), waits
+    n = len(bodies)
+    return Run(n / seconds, next(trips) / n, seconds * 1000 / n, waits, client, server)
+
+
+def _cpu_lines(samples: list[Run], threads: int) -> None:
+    """The CPU a job costs, and the most that allows: one instance waits for the server
+    while it works, so its jobs/s is at most 1 / server CPU per job even with a client that
+    costs nothing; side by side, the instances and the server share the machine's cores."""
+    client = statistics.median(s.client_cpu for s in samples)
+    server = statistics.median(s.server_cpu for s in samples)
+    line(
+        "    CPU per job, median: client (bench process) + server",
+        f"{client:.2f} + {server:.2f} ms",
+    )
+    if threads == 1:
+        ceiling, why = 1000 / server, "with a client that cost nothing"
+    else:
+        ceiling, why = CORES * 1000 / (client + server), f"on {CORES} cores, all busy"
+    line(f"    the most that CPU allows, {why}", f"{ceiling:,.0f} jobs/s")
 
 
 def _baseline_lines(ours: list[float], theirs: list[float], error: str | None) -> None:
@@ -571,7 +639,7 @@ def main() -> None:
     logger.setLevel("ERROR")  # a log line per job would be the bench's main cost
     metrics.add_metric = lambda **_: None  # type: ignore[method-assign]
     sections = _sections()
-    print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} (1 min) at the start")
+    print(f"machine: {CORES} cores, load {os.getloadavg()[0]:.1f} (1 min) at the start")
     print(f"  this machine's speed now, to compare runs by: {machine_speed()}")
     pg = stack.start_postgres()
     template = stack.template_database(pg)

@@ -14,9 +14,9 @@ from promptrun.observability import logger, metrics, tracer
 from promptrun.settings import get_settings
 
 settings = get_settings().require("database", "queue")
-# The invocation's own thread makes one model call; these make the rest of the largest batch
-# (started as calls need them: a batch of 10 starts at most 9).
-threads = ThreadPoolExecutor(max_workers=MAX_BATCH - 1, thread_name_prefix="call")
+# One per model call of the largest batch, while the invocation's own thread stores the
+# answers as they come (started as calls need them: a batch of 10 starts at most 10).
+threads = ThreadPoolExecutor(max_workers=MAX_BATCH, thread_name_prefix="call")
 # One per instance: its SQS client, made on the first job sent back, serves every invocation.
 queue = JobQueue(settings.jobs_queue_url or "")
 

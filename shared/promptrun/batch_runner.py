@@ -1,5 +1,6 @@
 """The processor's work for one SQS batch: claim every job in one transaction of a few
-statements, run the model calls side by side, store every answer in one statement.
+statements, run the model calls side by side, store the answers a statement at a time: all
+of them in one, or, for calls that can wait, in waves as they come.
 
 The same decisions as JobRunner (processor.py) makes for one record, per job of the batch:
 a duplicate, finished or cancelled job is acknowledged; one not due, held by a live worker, or
@@ -14,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +51,15 @@ from promptrun.waiting import (
 )
 
 # The largest SQS batch the processor is deployed to take (template.yaml's ProcessorBatchSize,
-# its MaxValue): its model calls run side by side, one thread each but the invocation's own.
+# its MaxValue): its model calls run side by side, one thread each, while the invocation's
+# own thread stores their answers.
 MAX_BATCH = 100
+# Answers of calls that can wait are stored in waves as they come (_store_as_answered): a
+# wave goes out once this many have answered, or once the first of them has waited this
+# long. Against calls of seconds, a wave's statement costs little; one per answer would cost
+# the database a statement's fixed work per job.
+WAVE_JOBS = 10
+WAVE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -383,14 +391,12 @@ class BatchRunner:
 
         pooled = len(calls) > 1 or (meanwhile is not None and bool(calls))
         if self.threads is not None and pooled and any(_waits(a.job) for a in calls):
-            # this thread takes one share rather than wait idle, or runs `meanwhile`
-            own = [] if meanwhile is not None else calls[:1]
-            futures = [self.threads.submit(call, a) for a in calls[len(own) :]]
+            if meanwhile is None:
+                return self._outcomes(attempts, self._store_as_answered(self.threads, calls, call))
+            # this thread runs `meanwhile` (it stores the answers once the calls are done)
+            futures = [self.threads.submit(call, a) for a in calls]
             try:
-                for attempt in own:
-                    call(attempt)
-                if meanwhile is not None:
-                    meanwhile()
+                meanwhile()
             finally:
                 for future in futures:
                     future.result()
@@ -399,7 +405,41 @@ class BatchRunner:
                 call(attempt)
             if meanwhile is not None:
                 meanwhile()
-        stale = self._finish([a for a in calls if a.answer is not None])
+        return self._outcomes(attempts, self._finish([a for a in calls if a.answer is not None]))
+
+    def _store_as_answered(
+        self, threads: Executor, calls: list[_Attempt], call: Callable[[_Attempt], None]
+    ) -> set[uuid.UUID]:
+        """Run the calls side by side on `threads` while this thread stores their answers as
+        they come, in waves: what has answered, once WAVE_JOBS have or the first of them has
+        waited WAVE_SECONDS; the last wave when every call is done. A quick call's answer and
+        its model's slot (the store releases it) are not held until the batch's slowest call
+        ends, and an invocation that dies keeps what it stored. The stale ones' ids."""
+        running = {threads.submit(call, a): a for a in calls}
+        ready: list[_Attempt] = []
+        first_ready = 0.0
+        stale: set[uuid.UUID] = set()
+        while running:
+            timeout = max(0.0, first_ready + WAVE_SECONDS - time.monotonic()) if ready else None
+            done, _ = wait(running, timeout, FIRST_COMPLETED)
+            for future in done:
+                future.result()  # `call` keeps each call's error on its attempt
+                attempt = running.pop(future)
+                if attempt.answer is None:
+                    continue
+                if not ready:
+                    first_ready = time.monotonic()
+                ready.append(attempt)
+            due = len(ready) >= WAVE_JOBS or time.monotonic() - first_ready >= WAVE_SECONDS
+            if ready and running and due:
+                stale |= self._finish(ready)
+                ready = []
+        return stale | self._finish(ready)
+
+    def _outcomes(
+        self, attempts: list[_Attempt], stale: set[uuid.UUID]
+    ) -> list[Outcome | RetryLater | Exception]:
+        """Each attempt's outcome, once its answer is stored (or it has none)."""
         outcomes: list[Outcome | RetryLater | Exception] = []
         for attempt in attempts:
             try:

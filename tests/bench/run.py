@@ -316,7 +316,7 @@ def processor(pg: Any, template: str) -> None:
                 # Each simulated instance is a thread with its own runner, call threads and
                 # pool of 2 connections (get_pool, keyed by the URL: an application_name
                 # each), as each Lambda instance has. They share one process, and so its GIL.
-                calls = ThreadPoolExecutor((size - 1) * threads)
+                calls = ThreadPoolExecutor(size * threads)
                 runners = [
                     BatchRunner(get_pool(instance), instance, None, threads=calls)
                     for instance in (

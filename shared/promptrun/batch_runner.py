@@ -94,6 +94,10 @@ class BatchResult:
         return {"batchItemFailures": [{"itemIdentifier": m} for m in self.failed]}
 
 
+# What one attempt came to: its outcome, a retry to come, or the error that fails its record.
+Settled = Outcome | RetryLater | Exception
+
+
 @dataclass
 class _Attempt:
     """A claimed, admitted job and what its attempt came to."""
@@ -378,9 +382,10 @@ class BatchRunner:
         attempts: list[_Attempt],
         remaining_ms: Callable[[], int] | None,
         meanwhile: Callable[[], None] | None = None,
-    ) -> list[Outcome | RetryLater | Exception]:
-        """Run the claimed jobs' calls side by side, then record every outcome. `meanwhile`
-        runs on this thread while the calls are in flight (the next round's jobs)."""
+    ) -> list[Settled]:
+        """Run the claimed jobs' calls side by side and record every outcome (as each call
+        ends, when the calls can wait: _settle_as_they_end). `meanwhile` runs on this thread
+        while the calls are in flight (the next round's jobs)."""
         calls = [a for a in attempts if a.job.model_enabled]
 
         def call(attempt: _Attempt) -> None:
@@ -392,7 +397,8 @@ class BatchRunner:
         pooled = len(calls) > 1 or (meanwhile is not None and bool(calls))
         if self.threads is not None and pooled and any(_waits(a.job) for a in calls):
             if meanwhile is None:
-                return self._outcomes(attempts, self._store_as_answered(self.threads, calls, call))
+                stale, settled = self._settle_as_they_end(self.threads, calls, call)
+                return self._outcomes(attempts, stale, settled)
             # this thread runs `meanwhile` (it stores the answers once the calls are done)
             futures = [self.threads.submit(call, a) for a in calls]
             try:
@@ -407,18 +413,21 @@ class BatchRunner:
                 meanwhile()
         return self._outcomes(attempts, self._finish([a for a in calls if a.answer is not None]))
 
-    def _store_as_answered(
+    def _settle_as_they_end(
         self, threads: Executor, calls: list[_Attempt], call: Callable[[_Attempt], None]
-    ) -> set[uuid.UUID]:
-        """Run the calls side by side on `threads` while this thread stores their answers as
-        they come, in waves: what has answered, once WAVE_JOBS have or the first of them has
-        waited WAVE_SECONDS; the last wave when every call is done. A quick call's answer and
-        its model's slot (the store releases it) are not held until the batch's slowest call
-        ends, and an invocation that dies keeps what it stored. The stale ones' ids."""
+    ) -> tuple[set[uuid.UUID], dict[uuid.UUID, Settled]]:
+        """Run the calls side by side on `threads` while this thread ends them as they come:
+        answers stored in waves (what has answered, once WAVE_JOBS have or the first of them
+        has waited WAVE_SECONDS; the last wave when every call is done), a failed call's
+        retry or failure recorded at once. A quick call's answer, and its model's slot (the
+        store releases it), are not held until the batch's slowest call ends, and an
+        invocation that dies keeps what it stored. The stale ones' ids, and the outcomes of
+        the calls that failed."""
         running = {threads.submit(call, a): a for a in calls}
         ready: list[_Attempt] = []
         first_ready = 0.0
         stale: set[uuid.UUID] = set()
+        settled: dict[uuid.UUID, Settled] = {}
         while running:
             timeout = max(0.0, first_ready + WAVE_SECONDS - time.monotonic()) if ready else None
             done, _ = wait(running, timeout, FIRST_COMPLETED)
@@ -426,6 +435,7 @@ class BatchRunner:
                 future.result()  # `call` keeps each call's error on its attempt
                 attempt = running.pop(future)
                 if attempt.answer is None:
+                    settled[attempt.job.id] = self._settle(attempt, stale)
                     continue
                 if not ready:
                     first_ready = time.monotonic()
@@ -434,22 +444,29 @@ class BatchRunner:
             if ready and running and due:
                 stale |= self._finish(ready)
                 ready = []
-        return stale | self._finish(ready)
+        return stale | self._finish(ready), settled
 
     def _outcomes(
-        self, attempts: list[_Attempt], stale: set[uuid.UUID]
-    ) -> list[Outcome | RetryLater | Exception]:
-        """Each attempt's outcome, once its answer is stored (or it has none)."""
-        outcomes: list[Outcome | RetryLater | Exception] = []
-        for attempt in attempts:
-            try:
-                outcomes.append(self._outcome(attempt, stale))
-            except RetryLater as later:
-                outcomes.append(later)
-            except Exception as exc:  # logged with its traceback; the record comes back
-                logger.exception("record failed", extra={"job_id": str(attempt.job.id)})
-                outcomes.append(exc)
-        return outcomes
+        self,
+        attempts: list[_Attempt],
+        stale: set[uuid.UUID],
+        settled: dict[uuid.UUID, Settled] | None = None,
+    ) -> list[Settled]:
+        """Each attempt's outcome, once its answer is stored (or it has none); `settled`: the
+        ones recorded already."""
+        done = settled or {}
+        return [done[a.job.id] if a.job.id in done else self._settle(a, stale) for a in attempts]
+
+    def _settle(self, attempt: _Attempt, stale: set[uuid.UUID]) -> Settled:
+        """The attempt's outcome, recorded: a retry to come as RetryLater, an unexpected error
+        (logged with its traceback; the record comes back) as the exception."""
+        try:
+            return self._outcome(attempt, stale)
+        except RetryLater as later:
+            return later
+        except Exception as exc:
+            logger.exception("record failed", extra={"job_id": str(attempt.job.id)})
+            return exc
 
     def _finish(self, answered: list[_Attempt]) -> set[uuid.UUID]:
         """Store every answer and complete its job in one transaction; the stale ones' ids.

@@ -30,9 +30,13 @@ prompts:
   - {slug: p, text: "Which CRM?", schedule: daily, runs: %d}
 """
 
+# The quick model's jobs recorded (succeeded, or back to queued with the error of their
+# failed call) and its calls in flight.
 _QUICK = text(
     """
-    SELECT count(*) FILTER (WHERE j.status = 'succeeded') AS stored, max(f.in_flight) AS in_flight
+    SELECT count(*) FILTER (WHERE j.status = 'succeeded' OR j.error_kind IS NOT NULL)
+               AS recorded,
+           max(f.in_flight) AS in_flight
     FROM prompt_jobs j JOIN models m ON m.id = j.model_id
     JOIN flow_limits f ON f.key = 'model:' || m.slug
     WHERE m.slug = 'quick'
@@ -41,8 +45,8 @@ _QUICK = text(
 
 
 class SlowWatchesQuick(OfflineProvider):
-    """`quick-1` answers at once; `slow-1` answers once every quick job is stored, and
-    notes what it saw then (None: they were not stored within 10 s, then it answers)."""
+    """`quick-1` answers (or fails) at once; `slow-1` answers once every quick job is
+    recorded, and notes what it saw then (None: they were not within 10 s, then it answers)."""
 
     def __init__(self, engine: Engine, quick_jobs: int) -> None:
         self.engine = engine
@@ -50,12 +54,12 @@ class SlowWatchesQuick(OfflineProvider):
         self.saw: dict[str, Any] | None = None
 
     def answer(self, call: ModelCall, prompt: str, system: str | None) -> Completion:
-        if call.provider_model == "slow-1":
+        if call.provider_model == "slow-1" and call.attempt == 1:
             deadline = time.monotonic() + 10
             while self.saw is None and time.monotonic() < deadline:
                 with self.engine.connect() as conn:
                     row = conn.execute(_QUICK).mappings().one()
-                if row["stored"] == self.quick_jobs:
+                if row["recorded"] == self.quick_jobs:
                     self.saw = dict(row)
                 time.sleep(0.02)
         return super().answer(call, prompt, system)
@@ -80,8 +84,35 @@ def test_quick_answers_are_stored_and_their_slots_freed_while_a_slow_call_runs(
     fan_out(engine, settings)
     provider = SlowWatchesQuick(engine, runs)
     assert run_batch(engine, pool, settings, provider) == {Outcome.SUCCEEDED: 2 * runs}
-    assert provider.saw == {"stored": runs, "in_flight": 0}
+    assert provider.saw == {"recorded": runs, "in_flight": 0}
     assert statuses(engine) == {"succeeded": 2 * runs}
+
+
+def test_a_failed_call_is_recorded_and_its_slot_freed_while_a_slow_call_runs(
+    engine: Engine, pool: Pool, settings: Settings
+) -> None:
+    """The quick model's call fails (a server error, retryable): its retry is scheduled and
+    its slot released at once, not when the batch's slowest call ends."""
+    sync(
+        engine,
+        (CATALOG % 1).replace(
+            "model: quick-1, params: {latency_ms: 1}",
+            "model: quick-1, params: {latency_ms: 1, simulate_error: server}",
+        ),
+    )
+    fan_out(engine, settings)
+    provider = SlowWatchesQuick(engine, 1)
+    outcomes = run_batch(engine, pool, settings, provider)
+    assert provider.saw == {"recorded": 1, "in_flight": 0}
+    assert outcomes[Outcome.SUCCEEDED] == 1  # the slow job
+    with engine.connect() as conn:
+        quick = conn.execute(
+            text(
+                "SELECT j.error_kind, j.attempt_count FROM prompt_jobs j "
+                "JOIN models m ON m.id = j.model_id WHERE m.slug = 'quick'"
+            )
+        ).one()
+    assert quick.error_kind == "server" and quick.attempt_count >= 1
 
 
 def test_answers_that_come_together_are_stored_together(

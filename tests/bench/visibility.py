@@ -13,10 +13,10 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
 from promptrun.catalog import load_catalog, sync_catalog
-from promptrun.db.engine import engine_for_url
+from promptrun.db.engine import connect_args_for
 from promptrun.visibility import Slice, refresh_rollups, trends, visibility
 from tests.support import stack
 
@@ -129,7 +129,10 @@ def main() -> None:
     template = stack.template_database(pg)
     db = stack.create_test_database(pg, template)
     try:
-        engine = engine_for_url(stack.url_for(pg, db), pool_size=2)
+        # No socket timeout: generating the data set takes a few statements of minutes on a
+        # slow machine, where the functions' 10 s (db/connect.py) would cut them off.
+        plain, connect_args = connect_args_for(make_url(stack.url_for(pg, db)))
+        engine = create_engine(plain, connect_args={**connect_args, "timeout": None}, pool_size=2)
         sync_catalog(engine, load_catalog(catalog()))
         start = time.perf_counter()
         jobs, mentions = generate(engine)

@@ -126,3 +126,62 @@ def test_rerun_inserts_nothing_and_counts_what_exists(engine: Engine, settings: 
     again = create_jobs(engine, FanoutRequest(at=AT.replace(hour=20)), settings)
     assert (first.created, again.created, again.existing) == (TOTAL, 0, TOTAL)
     assert again.batches == {"2026-11-22": {"created": 0, "existing": TOTAL}}
+
+
+def test_rerun_after_the_catalogue_grew_creates_only_the_new_rows(
+    engine: Engine, settings: Settings
+) -> None:
+    """A model added and a prompt's runs raised since the first run: the re-run creates
+    exactly the missing rows and leaves the others as they were."""
+    sync(engine, CATALOG)
+    create_jobs(engine, FanoutRequest(at=AT), settings)
+    with engine.connect() as conn:
+        before = dict(conn.execute(text("SELECT id, updated_at FROM prompt_jobs")).all())
+    grown = CATALOG.replace(
+        "  - {slug: m3, provider: offline, model: m3}\n",
+        "  - {slug: m3, provider: offline, model: m3}\n  - {slug: m4, provider: offline, model: m4}\n",
+    ).replace(
+        "{slug: p0, text: q0, schedule: daily, runs: 5}",
+        "{slug: p0, text: q0, schedule: daily, runs: 7}",
+    )
+    sync(engine, grown)
+    again = create_jobs(engine, FanoutRequest(at=AT.replace(hour=20)), settings)
+    # m4 for every prompt (10 x 5), plus p0's runs 5 and 6 on all four models (p0's version,
+    # its text unchanged, is the same)
+    assert (again.created, again.existing) == (10 * 5 + 2 * 4, TOTAL)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT count(*) AS n, count(DISTINCT (prompt_id, model_id, run_index)) AS keys "
+                "FROM prompt_jobs"
+            )
+        ).one()
+        kept = dict(
+            conn.execute(
+                text("SELECT id, updated_at FROM prompt_jobs WHERE id = ANY(:ids)"),
+                {"ids": list(before)},
+            ).all()
+        )
+    assert rows.n == rows.keys == TOTAL + 58
+    assert kept == before
+    # The next day's batch is a batch of its own: every row of it is new.
+    next_day = create_jobs(engine, FanoutRequest(at=AT.replace(day=23)), settings)
+    assert (next_day.created, next_day.existing) == (TOTAL + 58, 0)
+
+
+def test_two_fanouts_creating_one_batch_at_once_create_each_row_once(
+    engine: Engine, settings: Settings
+) -> None:
+    """Both find the batch empty; the unique key decides which inserts each row."""
+    sync(engine, CATALOG)
+    start = threading.Barrier(2)
+
+    def one() -> int:
+        start.wait()
+        return create_jobs(engine, FanoutRequest(at=AT), settings).created
+
+    with ThreadPoolExecutor(2) as pool:
+        created = list(pool.map(lambda _: one(), range(2)))
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT count(*) FROM prompt_jobs")).scalar_one()
+    assert sum(created) == rows == TOTAL

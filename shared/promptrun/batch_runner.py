@@ -54,7 +54,7 @@ from promptrun.waiting import (
 # its MaxValue): its model calls run side by side, one thread each, while the invocation's
 # own thread stores their answers.
 MAX_BATCH = 100
-# Answers of calls that can wait are stored in waves as they come (_store_as_answered): a
+# Answers of calls that can wait are stored in waves as they come (_settle_as_they_end): a
 # wave goes out once this many have answered, or once the first of them has waited this
 # long. Against calls of seconds, a wave's statement costs little; one per answer would cost
 # the database a statement's fixed work per job.

@@ -372,7 +372,8 @@ def processor(pg: Any, template: str) -> None:
 class Run:
     """One run of every job: jobs/s, round trips and wall ms per job, the lock waits sampled
     meanwhile, and the CPU ms per job of the bench process (promptrun's side, the offline
-    model's work included) and of the server."""
+    model's work included) and of the server (both with the lock-wait sampler's query every
+    10 ms)."""
 
     rate: float
     trips: float

@@ -129,26 +129,14 @@ def send_back_all(
         metrics.add_metric(
             name="JobsRetried" if later.retry else "JobsWaited", unit=MetricUnit.Count, value=1
         )
-    messages = [
-        JobMessageOut(str(job_id), message_delay(later.delay), later.turn, later.slot_waits)
-        for job_id, later, resend in jobs_back
-        if resend and queue is not None
-    ]
-    refused: set[str] = set()
-    if messages:
-        assert queue is not None
-        try:
-            result = queue.send(messages)
-            refused = set(result.failed)
-            if refused:
-                logger.warning("SQS did not take jobs sent back", extra={"jobs": len(refused)})
-        except Exception as exc:  # these records come back after their visibility timeout
-            logger.warning("could not send the jobs back", extra={"error": type(exc).__name__})
-            refused = {m.job_id for m in messages}
-        if len(messages) > len(refused):
-            metrics.add_metric(
-                name="JobMessagesSent", unit=MetricUnit.Count, value=len(messages) - len(refused)
-            )
+    refused: set[str] = set()  # their records come back after their visibility timeout
+    if queue is not None:
+        messages = [
+            JobMessageOut(str(job_id), message_delay(later.delay), later.turn, later.slot_waits)
+            for job_id, later, resend in jobs_back
+            if resend
+        ]
+        refused = _send(queue, messages, "messages bringing jobs back")
     outcomes: list[Outcome | None] = []
     for job_id, later, resend in jobs_back:
         if not resend or queue is None:
@@ -165,18 +153,28 @@ def refresh(queue: JobQueue, stale: Sequence[tuple[uuid.UUID, Hint]], lease_seco
     each, with the record's hints, delayed past the lease this attempt may take, keeps the
     job's way back short of the DLQ (ten to a SendMessageBatch call). No worse than before
     when it fails: the records still count."""
-    if not stale:
-        return
     delay = message_delay(lease_seconds + 1)
+    copies = [JobMessageOut(str(j), delay, h.turn, h.slot_waits) for j, h in stale]
+    _send(queue, copies, "refreshed messages")
+
+
+def _send(queue: JobQueue, messages: list[JobMessageOut], what: str) -> set[str]:
+    """`messages` sent, counted and any refusal logged (`what` they are); the job ids SQS did
+    not take (all of them when the send failed)."""
+    if not messages:
+        return set()
     try:
-        result = queue.send([JobMessageOut(str(j), delay, h.turn, h.slot_waits) for j, h in stale])
+        refused = set(queue.send(messages).failed)
     except Exception as exc:
-        logger.warning("could not refresh the messages", extra={"error": type(exc).__name__})
-        return
-    if result.failed:
-        logger.warning("SQS did not take refreshed messages", extra={"jobs": len(result.failed)})
-    if result.sent:
-        metrics.add_metric(name="JobMessagesSent", unit=MetricUnit.Count, value=len(result.sent))
+        logger.warning(f"could not send {what}", extra={"error": type(exc).__name__})
+        return {m.job_id for m in messages}
+    if refused:
+        logger.warning(f"SQS did not take {what}", extra={"jobs": len(refused)})
+    if len(messages) > len(refused):
+        metrics.add_metric(
+            name="JobMessagesSent", unit=MetricUnit.Count, value=len(messages) - len(refused)
+        )
+    return refused
 
 
 @dataclass
@@ -204,7 +202,8 @@ class JobRunner:
         message = parse_message(body)
         resend = self.queue is not None and receipt_handle is not None
         if resend and receive_count >= REFRESH_RECEIVE_COUNT:
-            self._refresh(message.job_id, message.hint)
+            assert self.queue is not None
+            refresh(self.queue, [(message.job_id, message.hint)], self.settings.lease_seconds)
         hint = message.hint
         try:
             while True:
@@ -226,10 +225,6 @@ class JobRunner:
             raise
         metrics.add_metric(name=f"Jobs{outcome.value.title()}", unit=MetricUnit.Count, value=1)
         return outcome
-
-    def _refresh(self, job_id: uuid.UUID, hint: Hint) -> None:
-        assert self.queue is not None
-        refresh(self.queue, [(job_id, hint)], self.settings.lease_seconds)
 
     def _claim(
         self, job_id: uuid.UUID, hint: Hint = NO_HINT
